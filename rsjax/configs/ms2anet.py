@@ -1,0 +1,22 @@
+"""MS2A-Net on one hyperspectral scene, paper defaults (REFERENCE_NOTES.md)."""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.method = "ms2anet"          # ms2anet | ae | cae | kmeans
+    c.dataset = "salinas-a"
+    c.iters = 800
+    c.chunk = 50                  # iterations per compiled lax.scan chunk (one host sync each)
+    c.lr = 1e-3
+    c.lam = 0.1                   # lambda of the spectral mean constraint
+    c.d1 = 12                     # filters per dilated stream; M' has len(dilations) * d1 channels
+    c.d2 = 3                      # SPF channels
+    c.d3 = 3                      # SAF channels
+    c.dilations = (1, 2, 4)
+    c.kernel_size = 5
+    c.ablation = "A3"             # A1 spectral only, A2 spatial only, A3 both
+    c.latent = 36                 # AE / CAE code size
+    c.seeds = (0,)
+    c.kmeans_seed = 0             # scikit-learn KMeans random_state, as in the authors' code
+    return c

@@ -1,0 +1,223 @@
+"""Hyperspectral scenes: file readers, the registry of named scenes, validation and scaling.
+
+A :class:`Scene` holds the cube as ``H x W x D`` float32, the ground truth as ``H x W``
+integers (0 = unlabeled, classes 1..C), the class names and, for GeoTIFF input, the
+georeference needed to write the cluster map back as a GeoTIFF.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rsjax.data.paths import EMBEDDED, DataError, dataset_file
+
+
+@dataclasses.dataclass
+class Scene:
+    name: str
+    cube: np.ndarray            # (H, W, D) float32, raw values
+    gt: np.ndarray              # (H, W) int32, 0 = unlabeled, 1..C classes
+    class_names: list[str]
+    georef: dict[str, Any] | None = None   # rasterio profile of a GeoTIFF input
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+# ----------------------------------------------------------------------------- readers
+
+def _read_mat(path: Path) -> dict[str, np.ndarray]:
+    import scipy.io
+    try:
+        raw = scipy.io.loadmat(path)
+    except NotImplementedError:  # MATLAB v7.3 is HDF5
+        import h5py
+        with h5py.File(path, "r") as f:
+            # h5py sees MATLAB arrays with their axes reversed.
+            return {k: np.asarray(v).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
+    return {k: v for k, v in raw.items() if not k.startswith("__")}
+
+
+def _read_envi(path: Path) -> np.ndarray:
+    try:
+        import spectral.io.envi as envi
+    except ImportError as e:
+        raise DataError(f"{path}: reading ENVI files needs the 'spectral' package: pip install 'rsjax[geo]'") from e
+    return np.asarray(envi.open(str(path)).load())
+
+
+def _read_geotiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    try:
+        import rasterio
+    except ImportError as e:
+        raise DataError(f"{path}: reading GeoTIFF files needs 'rasterio': pip install 'rsjax[geo]'") from e
+    with rasterio.open(path) as src:
+        data = src.read()  # (bands, H, W)
+        profile = dict(src.profile)
+    return np.moveaxis(data, 0, -1), profile
+
+
+def read_array(path: str | Path, key: str | None = None, ndim: int | None = None) -> tuple[np.ndarray, dict | None]:
+    """Read one array from ``.mat``, ``.npy``, ``.npz``, ENVI ``.hdr`` or GeoTIFF.
+
+    For containers with several arrays, ``key`` picks one; without it the largest array
+    with ``ndim`` dimensions is taken. Returns the array and a georeference (GeoTIFF only).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; check the path.")
+    suffix = path.suffix.lower()
+    georef = None
+    try:
+        if suffix == ".mat":
+            arrays = _read_mat(path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        elif suffix == ".npy":
+            arrays = {"array": np.load(path, allow_pickle=False)}
+        elif suffix == ".hdr":
+            arrays = {"array": _read_envi(path)}
+        elif suffix in (".tif", ".tiff"):
+            data, georef = _read_geotiff(path)
+            arrays = {"array": data if data.shape[-1] > 1 or ndim != 2 else data[..., 0]}
+        else:
+            raise DataError(f"{path}: unknown file type {suffix!r}; use .mat, .npy, .npz, .hdr (ENVI) or .tif (GeoTIFF).")
+    except DataError:
+        raise
+    except Exception as e:  # corrupt or unreadable files
+        raise DataError(f"{path}: cannot read the file ({type(e).__name__}: {e}); check that it is a valid {suffix} file.") from e
+    if key is not None:
+        if key not in arrays:
+            raise DataError(f"{path}: no array named {key!r}; it holds {sorted(arrays)}.")
+        return np.asarray(arrays[key]), georef
+    candidates = {k: np.asarray(v) for k, v in arrays.items()
+                  if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and (ndim is None or np.squeeze(v).ndim == ndim)}
+    if not candidates:
+        raise DataError(f"{path}: no numeric {ndim or ''}-D array inside; it holds {sorted(arrays)}. Pass the key explicitly.")
+    k = max(candidates, key=lambda k: candidates[k].size)
+    arr = candidates[k]
+    return (np.squeeze(arr) if ndim is not None else arr), georef
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
+    """Check a scene before training; every failure names the file and the fix."""
+    cube, gt = scene.cube, scene.gt
+    if cube.ndim != 3:
+        raise DataError(f"{scene.name}: the cube must be H x W x D, got shape {cube.shape}.")
+    if gt.shape != cube.shape[:2]:
+        raise DataError(f"{scene.name}: ground truth shape {gt.shape} does not match the cube's spatial shape "
+                        f"{cube.shape[:2]}; pass the ground truth that belongs to this cube.")
+    bad = ~np.isfinite(cube)
+    if bad.any():
+        n = int(bad.sum())
+        raise DataError(f"{scene.name}: the cube has {n} NaN or Inf values; fill or mask them (e.g. np.nan_to_num) first.")
+    span = cube.reshape(-1, cube.shape[-1]).max(0) - cube.reshape(-1, cube.shape[-1]).min(0)
+    flat = np.flatnonzero(span == 0)
+    if flat.size:
+        raise DataError(f"{scene.name}: bands {flat.tolist()[:10]} are constant (zero min-max range) and cannot be "
+                        "scaled; drop them, e.g. cube[..., span > 0].")
+    if not (gt > 0).any():
+        raise DataError(f"{scene.name}: the ground truth has no labeled pixels (all 0); metrics need labels 1..C.")
+    if n_clusters is not None and n_clusters > gt.size:
+        raise DataError(f"{scene.name}: {n_clusters} clusters requested but the scene has only {gt.size} pixels; "
+                        "ask for fewer clusters.")
+    return scene
+
+
+def minmax_scale(cube: np.ndarray) -> np.ndarray:
+    """Scale each band to [0, 1] over all pixels (as the authors' MinMaxScaler does)."""
+    flat = cube.reshape(-1, cube.shape[-1]).astype(np.float64)
+    lo, hi = flat.min(0), flat.max(0)
+    return ((cube - lo) / (hi - lo)).astype(np.float32)
+
+
+def _relabel(gt: np.ndarray, values: list[int]) -> np.ndarray:
+    """Map label ``values[i]`` to ``i + 1``; everything else to 0."""
+    out = np.zeros(gt.shape, np.int32)
+    for i, v in enumerate(values):
+        out[gt == v] = i + 1
+    return out
+
+
+# ----------------------------------------------------------------------------- named scenes
+
+SALINAS_A_CLASSES = ["Brocoli_green_weeds_1", "Corn_senesced_green_weeds", "Lettuce_romaine_4wk",
+                     "Lettuce_romaine_5wk", "Lettuce_romaine_6wk", "Lettuce_romaine_7wk"]
+
+
+def _salinas_a() -> Scene:
+    folder = EMBEDDED / "salinas_a"
+    cube, _ = read_array(folder / "SalinasA_corrected.mat", "salinasA_corrected")
+    gt, _ = read_array(folder / "SalinasA_gt.mat", "salinasA_gt")
+    return Scene("salinas-a", cube.astype(np.float32), _relabel(gt, [1, 10, 11, 12, 13, 14]), SALINAS_A_CLASSES)
+
+
+def _indian_pines_subset() -> Scene:
+    path = dataset_file("indian_pines_subset", "Indian_part.mat")
+    cube, _ = read_array(path, "X")
+    gt, _ = read_array(path, "grd")
+    return Scene("indian-pines-subset", cube.astype(np.float32), gt.astype(np.int32),
+                 ["Corn-notill", "Grass-trees", "Soybean-notill", "Soybean-mintill"])
+
+
+def _samson() -> Scene:
+    path = dataset_file("samson", "Samson.mat")
+    y, _ = read_array(path, "Y")                      # (bands, pixels), column-major pixel order
+    s_gt, _ = read_array(path, "S_GT")                # (95, 95, 3) abundances
+    h, w = s_gt.shape[:2]
+    cube = y.T.reshape(w, h, -1).transpose(1, 0, 2)    # pixel p is (p % h, p // h)
+    gt = s_gt.argmax(-1).astype(np.int32) + 1
+    return Scene("samson", cube.astype(np.float32), gt, ["Soil", "Tree", "Water"])
+
+
+def _paper_scene(folder: str, filename: str, name: str, classes: list[str],
+                 crop: tuple[slice, slice] | None = None) -> Callable[[], Scene]:
+    """The layout of the paper's files: one .mat with keys 'HSI' and 'GT' (the authors' code)."""
+    def load() -> Scene:
+        path = dataset_file(folder, filename)
+        cube, _ = read_array(path, "HSI")
+        gt, _ = read_array(path, "GT")
+        if crop is not None:
+            cube, gt = cube[crop], gt[crop]
+        return Scene(name, cube.astype(np.float32), gt.astype(np.int32), classes)
+    return load
+
+
+REGISTRY: dict[str, Callable[[], Scene]] = {
+    "salinas-a": _salinas_a,
+    "indian-pines-subset": _indian_pines_subset,
+    "samson": _samson,
+    "trento": _paper_scene("trento", "Trento.mat", "trento",
+                           ["Apple trees", "Buildings", "Ground", "Wood", "Vineyard", "Roads"]),
+    "houston2013": _paper_scene("houston2013", "Houston.mat", "houston2013",
+                                ["Healthy grass", "Soil", "Residential", "Road", "Parking lot", "Tennis court"],
+                                crop=(slice(40, 340), slice(500, 800))),
+}
+
+
+def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str | Path | None = None,
+               class_names: list[str] | None = None) -> Scene:
+    """A registered scene by name, or a user's cube and ground truth by path."""
+    if cube is not None or gt is not None:
+        if cube is None or gt is None:
+            raise DataError("pass both --cube and --gt (the ground truth is needed for the metrics).")
+        x, georef = read_array(cube, ndim=3)
+        y, _ = read_array(gt, ndim=2)
+        if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{gt}: ground truth must hold integer class labels (0 = unlabeled).")
+        y = y.astype(np.int64)
+        values = sorted(int(v) for v in np.unique(y) if v > 0)
+        names = class_names or [f"class {v}" for v in values]
+        scene = Scene(Path(cube).stem, x.astype(np.float32), _relabel(y, values), names, georef)
+        return scene
+    name = name or "salinas-a"
+    if name not in REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)} (or pass --cube and --gt).")
+    return REGISTRY[name]()

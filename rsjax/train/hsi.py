@@ -1,0 +1,120 @@
+"""Training the hyperspectral autoencoders (MS2A-Net, AE, CAE) on one whole scene.
+
+The state is an explicit pytree (:class:`HSIState`); :func:`train_step` is one pure
+iteration (forward, backward, Adam) and :func:`train_chunk` runs ``n`` of them inside a
+``lax.scan`` so the host syncs once per chunk, not per iteration. The parameters of the
+lowest-loss iteration are kept on device, and M' is extracted with them.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rsjax.models.autoencoders import AE, CAE
+from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
+
+
+@flax.struct.dataclass
+class HSIState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    best_loss: jax.Array
+    best_params: Any
+    best_batch_stats: Any
+
+
+def build_model(cfg, bands: int) -> nn.Module:
+    if cfg.method == "ms2anet":
+        return MS2ANet(bands, d1=cfg.d1, d2=cfg.d2, d3=cfg.d3, dilations=tuple(cfg.dilations),
+                       kernel_size=cfg.kernel_size, ablation=cfg.ablation)
+    if cfg.method == "ae":
+        return AE(bands, latent=cfg.latent)
+    if cfg.method == "cae":
+        return CAE(bands, latent=cfg.latent)
+    raise ValueError(f"no trainable model for method {cfg.method!r}; use ms2anet, ae or cae.")
+
+
+def init_state(model: nn.Module, x: jax.Array, tx: optax.GradientTransformation, seed: int) -> HSIState:
+    variables = model.init(jax.random.key(seed), x, train=True)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return HSIState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), best_loss=jnp.array(jnp.inf, jnp.float32),
+                    best_params=jax.tree.map(jnp.copy, params),
+                    best_batch_stats=jax.tree.map(jnp.copy, batch_stats))  # own buffers: the step donates the state
+
+
+def apply_model(model, params, batch_stats, x):
+    """Forward pass in training mode (MS2A-Net always normalises with batch statistics)."""
+    out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"])
+    return out, mutated.get("batch_stats", batch_stats)
+
+
+def train_step(state: HSIState, x: jax.Array, *, model, tx, lam: float) -> tuple[HSIState, jax.Array]:
+    """One iteration. The loss is that of the incoming parameters, which are kept if it is the lowest."""
+    def loss_fn(params):
+        out, new_bs = apply_model(model, params, state.batch_stats, x)
+        return ms2anet_loss(x, out, lam), new_bs
+
+    (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    better = loss < state.best_loss
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
+    state = HSIState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                     batch_stats=new_bs, opt_state=opt_state,
+                     best_loss=jnp.where(better, loss, state.best_loss),
+                     best_params=keep(state.params, state.best_params),
+                     best_batch_stats=keep(state.batch_stats, state.best_batch_stats))
+    return state, loss
+
+
+def train_chunk(state: HSIState, x: jax.Array, *, n: int, model, tx, lam: float):
+    """``n`` iterations in one compiled ``lax.scan``; returns the state and the n losses."""
+    step = partial(train_step, model=model, tx=tx, lam=lam)
+    return jax.lax.scan(lambda s, _: step(s, x), state, None, length=n)
+
+
+def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None) -> dict:
+    """Train ``cfg.method`` on a min-max scaled cube (H, W, D); return the trained state,
+    the loss curve, the latent code of every pixel (H, W, C) and timings."""
+    model = build_model(cfg, cube01.shape[-1])
+    tx = optax.adam(cfg.lr, b1=0.9, b2=0.999, eps=1e-8)
+    lam = float(cfg.lam) if cfg.method == "ms2anet" else 0.0
+    x = jnp.asarray(cube01)[None]
+    state = init_state(model, x, tx, seed)
+    chunk = jax.jit(train_chunk, static_argnames=("n", "model", "tx", "lam"), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    losses = []
+    sizes = [cfg.chunk] * (cfg.iters // cfg.chunk) + ([cfg.iters % cfg.chunk] if cfg.iters % cfg.chunk else [])
+    bar = _progress(cfg.iters, f"{cfg.method} seed {seed}", progress)
+    for n in sizes:
+        state, chunk_losses = chunk(state, x, n=n, model=model, tx=tx, lam=lam)
+        chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
+        if not np.all(np.isfinite(chunk_losses)):
+            raise FloatingPointError(f"non-finite loss at iteration {len(losses) + int(np.argmin(np.isfinite(chunk_losses)))}; "
+                                     "lower the learning rate (--lr) or check the input scaling.")
+        losses.extend(chunk_losses.tolist())
+        bar.update(n)
+        bar.set_postfix(loss=f"{chunk_losses[-1]:.4f}")
+        if on_chunk is not None:
+            on_chunk(state)
+    bar.close()
+    out, _ = jax.jit(partial(apply_model, model))(state.best_params, state.best_batch_stats, x)
+    code = np.asarray(out["code"][0])
+    train_time = time.perf_counter() - t0
+    return {"state": state, "losses": np.asarray(losses), "code": code, "train_time": train_time}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
