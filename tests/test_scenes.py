@@ -1,0 +1,178 @@
+"""Scene-image loading, the stratified split and fixed-shape batching."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsjax.data.paths import DataError
+from rsjax.data.scenes import (SceneImages, eval_batches, load_scene_images, stratified_split,
+                               train_batches)
+
+
+def _write_folder(root, sizes_per_class, suffix=".png"):
+    rng = np.random.default_rng(0)
+    for c, sizes in sizes_per_class.items():
+        (root / c).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{c}{i:02d}{suffix}")
+    return root
+
+
+# ----------------------------------------------------------------------------- loading
+
+def test_folder_odd_sizes_resized(tmp_path):
+    root = _write_folder(tmp_path / "scenes", {"b_forest": [(20, 20), (20, 20)], "a_beach": [(20, 20), (19, 21)]})
+    (root / "a_beach" / "notes.txt").write_text("not an image")
+    d = load_scene_images(root)
+    assert d.images.shape == (4, 20, 20, 3) and d.images.dtype == np.uint8
+    assert d.class_names == ["a_beach", "b_forest"]
+    assert d.labels.tolist() == [0, 0, 1, 1] and d.labels.dtype == np.int32
+    assert d.files[0] == "a_beach/a_beach00.png"
+    d8 = load_scene_images(root, size=8)
+    assert d8.images.shape == (4, 8, 8, 3)
+
+
+def test_folder_jpeg_and_grayscale_tiff(tmp_path):
+    root = tmp_path / "s"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.full((10, 10, 3), 200, np.uint8)).save(root / "a" / "x.jpg")
+    Image.fromarray(np.full((10, 10), 50, np.uint8)).save(root / "a" / "y.tif")
+    d = load_scene_images(root)
+    assert d.images.shape == (2, 10, 10, 3)
+    assert np.all(d.images[1] == 50)
+
+
+def test_empty_class_folder(tmp_path):
+    root = _write_folder(tmp_path / "s", {"a": [(8, 8)]})
+    (root / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        load_scene_images(root)
+
+
+def test_unreadable_image_named(tmp_path):
+    root = _write_folder(tmp_path / "s", {"a": [(8, 8)]})
+    (root / "a" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg"):
+        load_scene_images(root)
+
+
+def test_folder_without_classes(tmp_path):
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="no class folders"):
+        load_scene_images(tmp_path / "flat")
+
+
+def test_npz_roundtrip_and_resize(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.array([0, 1, 2, 0, 1, 2]),
+             class_names=np.array(["x", "y", "z"]))
+    d = load_scene_images(tmp_path / "d.npz")
+    np.testing.assert_array_equal(d.images, images)
+    assert d.class_names == ["x", "y", "z"] and d.files is None and d.n_classes == 3
+    assert load_scene_images(str(tmp_path / "d.npz"), size=6).images.shape == (6, 6, 6, 3)
+    sub = d.subset(np.array([1, 4]))
+    assert sub.labels.tolist() == [1, 1] and sub.class_names == d.class_names
+
+
+def test_npz_missing_keys(tmp_path):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.zeros(2))
+    with pytest.raises(DataError, match="class_names"):
+        load_scene_images(tmp_path / "bad.npz")
+
+
+def test_unknown_name():
+    with pytest.raises(DataError, match="unknown scene dataset"):
+        load_scene_images("no_such_dataset")
+
+
+def test_tfds_missing_names_extra():
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataError, match=r"pip install 'rsjax\[tfds\]'"):
+            load_scene_images("tfds:uc_merced")
+    else:
+        pytest.skip("tensorflow-datasets is installed; the missing-package message cannot be tested")
+
+
+def test_scene_images_validation():
+    with pytest.raises(DataError):
+        SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0]), ["a"])
+    with pytest.raises(DataError):
+        SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 3]), ["a"])
+
+
+def test_real_ucmerced_subset_folder(shared_data):
+    d = load_scene_images(shared_data / "ucmerced_subset" / "Images", size=32)
+    assert d.images.shape == (105, 32, 32, 3)
+    assert d.n_classes == 21 and np.all(np.bincount(d.labels) == 5)
+    assert d.class_names[0] == "agricultural" and d.class_names[-1] == "tenniscourt"
+    full = load_scene_images("ucmerced_subset")       # odd sizes (256 x 251) resized to 256 x 256
+    assert full.images.shape == (105, 256, 256, 3)
+
+
+def test_real_named_arrays(shared_data):
+    d = load_scene_images("rsscn7")
+    assert d.images.shape == (1400, 128, 128, 3) and d.n_classes == 7
+    assert d.files[0].startswith("aGrass/")
+
+
+# ----------------------------------------------------------------------------- split
+
+def test_split_fractions_and_determinism():
+    y = np.repeat(np.arange(7), 60)
+    tr, va, te = stratified_split(y, seed=3)
+    assert (len(tr), len(va), len(te)) == (294, 42, 84)
+    assert np.all(np.bincount(y[tr]) == 42) and np.all(np.bincount(y[va]) == 6) and np.all(np.bincount(y[te]) == 12)
+    assert len(np.unique(np.concatenate([tr, va, te]))) == y.size
+    again = stratified_split(y, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))
+    other = stratified_split(y, seed=4)
+    assert not np.array_equal(te, other[2])
+
+
+def test_split_every_class_when_possible():
+    y = np.array([0] * 20 + [1] + [2] * 2 + [3] * 3)
+    for seed in range(5):
+        tr, va, te = stratified_split(y, seed)
+        assert np.sort(np.concatenate([tr, va, te])).tolist() == list(range(y.size))
+        assert set(y[tr]) == {0, 1, 2, 3}           # every class trains
+        assert {0, 2, 3} <= set(y[te])              # two members: train and test
+        assert {0, 3} <= set(y[va])                 # three members: all parts
+
+
+def test_split_small_balanced():
+    y = np.repeat(np.arange(21), 5)                 # the shape of the UC Merced subset
+    parts = stratified_split(y, seed=0)
+    for part in parts:
+        assert np.all(np.bincount(y[part], minlength=21) >= 1)
+
+
+def test_split_bad_fractions():
+    with pytest.raises(ValueError):
+        stratified_split(np.zeros(10), 0, fractions=(0.5, 0.1, 0.1))
+
+
+# ----------------------------------------------------------------------------- batches
+
+def test_train_batches():
+    batches = list(train_batches(10, 3, seed=0, epoch=0))
+    assert len(batches) == 3 and all(b.shape == (3,) for b in batches)
+    assert len(np.unique(np.concatenate(batches))) == 9
+    again = list(train_batches(10, 3, seed=0, epoch=0))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    nxt = list(train_batches(10, 3, seed=0, epoch=1))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, nxt))
+    with pytest.raises(DataError, match="fewer than one batch"):
+        next(train_batches(2, 3, seed=0, epoch=0))
+
+
+def test_eval_batches():
+    out = list(eval_batches(7, 3))
+    assert [idx.shape for idx, _ in out] == [(3,)] * 3
+    idx = np.concatenate([i[m] for i, m in out])
+    np.testing.assert_array_equal(idx, np.arange(7))
+    assert out[-1][1].tolist() == [True, False, False]
+    assert out[-1][0].tolist() == [6, 0, 0]
+    with pytest.raises(DataError):
+        next(eval_batches(0, 3))
