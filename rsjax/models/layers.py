@@ -6,6 +6,7 @@ biases) keeps from-scratch results comparable with the authors' runs.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
@@ -22,30 +23,62 @@ def torch_uniform(fan_in: int):
     return init
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def shift_sum(z: jax.Array, dilation: int) -> jax.Array:
+    """``y[h, w] = sum_ij z[h + (i - c) d, w + (j - c) d, i, j]`` (zero outside the image).
+
+    ``z`` is ``(B, H, W, k, k, C)``: every tap's contribution at every pixel. The custom
+    gradient is one im2col of the incoming gradient (a single stack), where autodiff of the
+    sum would build k*k padded copies.
+    """
+    b, h, w, k, _, c = z.shape
+    p = (k // 2) * dilation
+    zp = jnp.pad(z, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
+    y = None
+    for i in range(k):
+        for j in range(k):
+            tap = zp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w, i, j, :]
+            y = tap if y is None else y + tap
+    return y
+
+
+def _shift_sum_fwd(z, dilation):
+    return shift_sum(z, dilation), z.shape[3]
+
+
+def _shift_sum_bwd(dilation, k, g):
+    b, h, w, c = g.shape
+    p = (k // 2) * dilation
+    gp = jnp.pad(g, ((0, 0), (p, p), (p, p), (0, 0)))
+    r = lambda i: (k - 1 - i) * dilation
+    cols = [gp[:, r(i):r(i) + h, r(j):r(j) + w, :] for i in range(k) for j in range(k)]
+    return (jnp.stack(cols, axis=3).reshape(b, h, w, k, k, c),)
+
+
+shift_sum.defvjp(_shift_sum_fwd, _shift_sum_bwd)
+
+
 def conv_taps(x: jax.Array, kernel: jax.Array, dilation: int = 1) -> jax.Array:
-    """A stride-1 'same' convolution (odd kernel) as one GEMM over all taps, then shifted adds.
+    """A stride-1 'same' convolution (odd square kernel) as one GEMM over all taps.
 
     ``Z = X @ [W_00 | W_01 | ... ]`` computes every tap's contribution for every pixel in one
-    matrix product (``pixels x Cin`` by ``Cin x k*k*Cout``); output pixel (h, w) then sums
-    ``Z[h + (i - c) d, w + (j - c) d, tap (i, j)]``. Equal to ``lax.conv_general_dilated`` with
-    'SAME' padding, in value and gradient; on CPU it runs at GEMM speed where XLA's dilated
-    convolution does not.
+    matrix product (``pixels x Cin`` by ``Cin x k*k*Cout``); :func:`shift_sum` then adds each
+    tap's plane at its offset. When ``Cin < Cout`` the inputs are gathered instead (im2col:
+    ``pixels x k*k*Cin`` by ``k*k*Cin x Cout``), which moves less data. Equal to ``lax.conv_general_dilated`` with 'SAME' padding, in
+    value and gradient; on CPU it runs at GEMM speed where XLA's (dilated) convolution does not.
     """
     b, h, w, cin = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
     if kernel.shape[1] != k or k % 2 == 0:
         raise ValueError(f"conv_taps needs a square odd kernel, got {kernel.shape[:2]}")
-    c = k // 2
+    if cin < cout:  # fewer input than output channels: gathering the inputs (im2col) moves less data
+        p = (k // 2) * dilation
+        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        cols = [xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w, :]
+                for i in range(k) for j in range(k)]
+        return jnp.concatenate(cols, axis=-1) @ kernel.reshape(k * k * cin, cout)
     z = x.reshape(-1, cin) @ kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
-    z = z.reshape(b, h, w, k, k, cout)
-    p = c * dilation
-    z = jnp.pad(z, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
-    y = None
-    for i in range(k):
-        for j in range(k):
-            tap = z[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w, i, j, :]
-            y = tap if y is None else y + tap
-    return y
+    return shift_sum(z.reshape(b, h, w, k, k, cout), dilation)
 
 
 class Conv(nn.Module):

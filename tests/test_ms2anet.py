@@ -1,0 +1,129 @@
+"""MS2A-Net: shapes for any H, W (odd too) and D, equality with a PyTorch implementation of the
+reference math, the loss falls, and the training step compiles once."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rsjax import configs
+from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
+from rsjax.train.hsi import apply_model, build_model, init_state, train_chunk, train_step
+
+
+@settings(max_examples=8)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), d=st.integers(1, 10), ablation=st.sampled_from(["A1", "A2", "A3"]))
+def test_forward_shapes(h, w, d, ablation):
+    x = jax.random.uniform(jax.random.key(0), (1, h, w, d))
+    model = MS2ANet(d, ablation=ablation)
+    out, _ = model.init_with_output(jax.random.key(1), x)
+    assert out["recon"].shape == (1, h, w, d)
+    assert out["m_prime"].shape == (1, h, w, 36)
+    assert out["code"].shape == ((1, h, w, 3) if ablation == "A1" else (1, h, w, 36))
+
+
+def test_configurable_widths():
+    x = jnp.ones((1, 7, 5, 4))
+    model = MS2ANet(4, d1=5, d2=2, d3=4, dilations=(1, 3), kernel_size=3)
+    out, _ = model.init_with_output(jax.random.key(0), x)
+    assert out["m_prime"].shape == (1, 7, 5, 10)
+    with pytest.raises(ValueError, match="ablation"):
+        MS2ANet(4, ablation="A4").init(jax.random.key(0), x)
+
+
+# ---------------------------------------------------------------- PyTorch reference of the paper's math
+
+def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4)):
+    """MS2A-Net forward and loss written in PyTorch after the authors' code, NCHW, weights from rsjax."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))
+    conv_w = lambda p: t(p["kernel"]).permute(3, 2, 0, 1)
+
+    def conv(x, p, dilation=1, stride=1, padding=None):
+        k = p["kernel"].shape[0]
+        pad = dilation * (k // 2) if padding is None else padding
+        return F.conv2d(x, conv_w(p), t(p["bias"]), stride=stride, padding=pad, dilation=dilation)
+
+    def bn(x, p):
+        return F.batch_norm(x, None, None, t(p["scale"]), t(p["bias"]), training=True, eps=1e-5)
+
+    x = t(x_nhwc).permute(0, 3, 1, 2)                          # 1, D, H, W
+    _, d, h, w = x.shape
+    sp = params["spatial"]
+    m = torch.cat([F.relu(bn(conv(x, sp[f"conv_l{r}"], dilation=r), sp[f"bn_l{r}"])) for r in d1_rates], 1)
+    y = conv(m, params["spf"]["conv"], stride=2, padding=0)
+    y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
+    spf = F.relu(bn(y, params["spf"]["bn"]))
+    f = F.relu(bn(conv(x, params["spectral"]["conv"]), params["spectral"]["bn"])).reshape(3, h * w)
+    f = torch.softmax(f, dim=0)
+    x_flat = x.reshape(d, h * w)
+    sa = torch.softmax(x_flat, dim=0) @ f.T                   # D x 3
+    saf = (sa.T @ x_flat).reshape(1, 3, h, w)
+    recon = F.relu(bn(conv(torch.cat([saf, spf], 1), params["dec_conv"]), params["dec_bn"]))
+    loss = F.mse_loss(recon, x) + lam * F.mse_loss(m.mean(1), x.mean(1))
+    return recon.permute(0, 2, 3, 1).numpy(), m.permute(0, 2, 3, 1).numpy(), float(loss)
+
+
+@pytest.mark.parametrize("h,w,d", [(8, 8, 6), (9, 7, 5), (11, 12, 13)])
+def test_forward_and_loss_equal_pytorch_reference(h, w, d):
+    x = jax.random.uniform(jax.random.key(h * w), (1, h, w, d))
+    model = MS2ANet(d)
+    variables = model.init(jax.random.key(2), x)
+    out, _ = apply_model(model, variables["params"], variables["batch_stats"], x)
+    loss = ms2anet_loss(x, out, 0.1)
+    recon, m, ref_loss = torch_reference(x, jax.device_get(variables["params"]), 0.1)
+    np.testing.assert_allclose(out["recon"], recon, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["m_prime"], m, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- training
+
+def _tiny_setup(method="ms2anet"):
+    cfg = configs.get("ms2anet")
+    cfg.method = method
+    x = jax.random.uniform(jax.random.key(0), (1, 9, 10, 6))
+    model = build_model(cfg, 6)
+    tx = optax.adam(1e-2)
+    return cfg, x, model, tx, init_state(model, x, tx, 0)
+
+
+@pytest.mark.parametrize("method", ["ms2anet", "ae", "cae"])
+def test_loss_falls(method):
+    cfg, x, model, tx, state = _tiny_setup(method)
+    chunk = jax.jit(functools.partial(train_chunk, n=30, model=model, tx=tx, lam=0.1))
+    state, losses = chunk(state, x)
+    assert losses[-1] < 0.7 * losses[0]
+    assert float(state.best_loss) == pytest.approx(float(losses.min()))
+    assert int(state.step) == 30
+
+
+def test_best_params_are_those_of_the_lowest_loss():
+    cfg, x, model, tx, state = _tiny_setup()
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, lam=0.1))
+    history = []
+    for _ in range(6):
+        history.append(jax.device_get(state.params))
+        state, loss = step(state, x)
+        history[-1] = (float(loss), history[-1])
+    best_loss, best_params = min(history, key=lambda t: t[0])
+    assert float(state.best_loss) == pytest.approx(best_loss)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.best_params), best_params)
+
+
+def test_step_compiles_once():
+    cfg, x, model, tx, state = _tiny_setup()
+    traces = []
+
+    def counted(state, x):
+        traces.append(1)
+        return train_step(state, x, model=model, tx=tx, lam=0.1)
+
+    step = jax.jit(counted, donate_argnums=(0,))
+    for _ in range(5):
+        state, _ = step(state, x)
+    assert len(traces) == 1
