@@ -181,7 +181,7 @@ def test_evaluate_embeddings_table_and_json():
     ty, yy = np.repeat(np.arange(3), 12), np.repeat(np.arange(3), 4)
     tr = centres[ty] + 0.3 * rng.normal(size=(36, 8))
     te = centres[yy] + 0.3 * rng.normal(size=(12, 8))
-    res = evaluate_embeddings(tr, ty, te, yy, n_classes=3, class_names=["a", "b", "c"])
+    res = evaluate_embeddings(tr, ty, te, yy, n_classes=3, class_names=["a", "b", "c"], threads=1)
     for key in ("knn_oa@1", "knn_oa@5", "knn_oa@10", "knn_f1@10", "kmeans_nmi", "kmeans_acc", "map", "map@r",
                 "p@1", "recall@1", "recall@5", "recall@10"):
         assert 0.0 <= res[key] <= 100.0, key

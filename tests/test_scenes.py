@@ -104,6 +104,32 @@ def test_tfds_missing_names_extra():
         pytest.skip("tensorflow-datasets is installed; the missing-package message cannot be tested")
 
 
+def test_tfds_path_with_a_stand_in_module(monkeypatch, tmp_path):
+    """The TFDS reader against a minimal stand-in for tensorflow_datasets (the real one needs TensorFlow)."""
+    import sys
+    import types
+    calls = {}
+    rng = np.random.default_rng(0)
+    examples = [{"image": rng.integers(0, 256, (h, 6, 3), dtype=np.uint8), "label": np.int64(i % 2),
+                 "filename": f"img{i}.tif".encode()} for i, h in enumerate([6, 6, 5])]
+
+    def load(name, split, with_info, data_dir, **kwargs):
+        calls.update(name=name, split=split, kwargs=kwargs)
+        info = types.SimpleNamespace(features={"label": types.SimpleNamespace(names=["forest", "river"])})
+        return examples, info
+
+    fake = types.ModuleType("tensorflow_datasets")
+    fake.load, fake.as_numpy = load, iter
+    fake.download = types.SimpleNamespace(DownloadConfig=lambda manual_dir: {"manual_dir": manual_dir})
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    d = load_scene_images("resisc45", manual_dir=tmp_path)
+    assert calls["name"] == "resisc45" and calls["split"] == "train"
+    assert calls["kwargs"]["download_and_prepare_kwargs"]["download_config"] == {"manual_dir": str(tmp_path)}
+    assert d.images.shape == (3, 6, 6, 3) and d.labels.tolist() == [0, 1, 0]
+    assert d.class_names == ["forest", "river"] and d.files == ["img0.tif", "img1.tif", "img2.tif"]
+    assert load_scene_images("tfds:eurosat/rgb", size=4).images.shape == (3, 4, 4, 3)
+
+
 def test_scene_images_validation():
     with pytest.raises(DataError):
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0]), ["a"])

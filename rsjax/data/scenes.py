@@ -167,16 +167,16 @@ def load_npz(path: str | Path, size: int | None = None) -> SceneImages:
         raise DataError(f"{path}: no such file; check the path.")
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("images", "labels", "class_names") if k not in z.files]
-            if missing:
-                raise DataError(f"{path}: missing key(s) {missing}; a scene .npz needs 'images' (N, H, W, 3) uint8, "
-                                f"'labels' (N,) int and 'class_names' (C,) str (found {sorted(z.files)}).")
-            images, labels, names = z["images"], z["labels"], z["class_names"]
-            files = z["files"] if "files" in z.files else None
+            arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
         raise DataError(f"{path}: cannot read this .npz ({e}).") from e
+    missing = [k for k in ("images", "labels", "class_names") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {missing}; a scene .npz needs 'images' (N, H, W, 3) uint8, "
+                        f"'labels' (N,) int and 'class_names' (C,) str (found {sorted(arrays)}).")
+    images, labels, names, files = arrays["images"], arrays["labels"], arrays["class_names"], arrays.get("files")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: 'labels' must be integers indexing 'class_names', got {labels.dtype}.")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"{path}: 'images' must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}.")
     if size is not None:
@@ -221,7 +221,11 @@ def load_tfds(builder: str, size: int | None = None, manual_dir: str | Path | No
         hint = " (RESISC45 needs manual_dir= the folder holding NWPU-RESISC45.rar)" if builder == "resisc45" else ""
         raise DataError(f"TFDS could not load {builder!r}{hint}: {e}") from e
     names = list(info.features["label"].names)
-    raw = [(np.asarray(ex["image"]), int(ex["label"])) for ex in tfds.as_numpy(ds)]
+    raw, files = [], []
+    for ex in tfds.as_numpy(ds):
+        raw.append((np.asarray(ex["image"]), int(ex["label"])))
+        name = ex.get("filename", b"")
+        files.append(name.decode() if isinstance(name, bytes) else str(name))
     if not raw:
         raise DataError(f"TFDS {builder!r} split {split!r} is empty.")
     target = (size, size) if size is not None else collections.Counter(im.shape[:2] for im, _ in raw).most_common(1)[0][0]
@@ -233,7 +237,8 @@ def load_tfds(builder: str, size: int | None = None, manual_dir: str | Path | No
         if im.shape[:2] != tuple(target):
             im = np.asarray(Image.fromarray(im).resize((target[1], target[0]), Image.LANCZOS))
         images.append(im.astype(np.uint8))
-    return SceneImages(np.stack(images), np.asarray([y for _, y in raw], np.int32), names)
+    return SceneImages(np.stack(images), np.asarray([y for _, y in raw], np.int32), names,
+                       files if any(files) else None)
 
 
 # ----------------------------------------------------------------------------- entry point
