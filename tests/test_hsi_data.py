@@ -1,0 +1,140 @@
+"""HSI readers for every format, the registry, and a clear error for every bad input."""
+import numpy as np
+import pytest
+import scipy.io
+
+from rsjax.data.hsi import REGISTRY, load_scene, minmax_scale, read_array, validate
+from rsjax.data.paths import DataError
+
+
+def _cube(h=6, w=5, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 100, (h, w, d)).astype(np.float32), rng.integers(0, 4, (h, w)).astype(np.uint8)
+
+
+def test_mat_v5_and_npy_npz(tmp_path):
+    cube, gt = _cube()
+    scipy.io.savemat(tmp_path / "c.mat", {"data": cube, "other": np.ones(3)})
+    np.save(tmp_path / "gt.npy", gt)
+    np.savez(tmp_path / "c.npz", cube=cube)
+    np.testing.assert_array_equal(read_array(tmp_path / "c.mat", ndim=3)[0], cube)
+    np.testing.assert_array_equal(read_array(tmp_path / "c.mat", "data")[0], cube)
+    np.testing.assert_array_equal(read_array(tmp_path / "c.npz", ndim=3)[0], cube)
+    scene = load_scene(cube=tmp_path / "c.mat", gt=tmp_path / "gt.npy")
+    assert scene.cube.shape == (6, 5, 4) and scene.n_classes == len(np.unique(gt[gt > 0]))
+
+
+def test_mat_v73_via_h5py(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    cube, _ = _cube()
+    with h5py.File(tmp_path / "c.mat", "w", userblock_size=512) as f:
+        f["HSI"] = cube.T          # MATLAB stores column-major: h5py sees reversed axes
+    with open(tmp_path / "c.mat", "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file".ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
+    np.testing.assert_array_equal(read_array(tmp_path / "c.mat", "HSI")[0], cube)
+
+
+def test_envi(tmp_path):
+    envi = pytest.importorskip("spectral.io.envi")
+    cube, _ = _cube()
+    envi.save_image(str(tmp_path / "c.hdr"), cube, force=True)
+    np.testing.assert_allclose(read_array(tmp_path / "c.hdr", ndim=3)[0], cube)
+
+
+def test_geotiff_keeps_georeference(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+    cube, gt = _cube()
+    transform = from_origin(500000, 4200000, 2.5, 2.5)
+    with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", width=5, height=6, count=4, dtype="float32",
+                       crs="EPSG:32633", transform=transform) as dst:
+        dst.write(np.moveaxis(cube, -1, 0))
+    np.save(tmp_path / "gt.npy", gt)
+    scene = load_scene(cube=tmp_path / "c.tif", gt=tmp_path / "gt.npy")
+    np.testing.assert_allclose(scene.cube, cube)
+    assert scene.georef["transform"] == transform
+
+
+@pytest.mark.parametrize("content,match", [(b"not a mat file", "cannot read"), (None, "no such file")])
+def test_unreadable_or_missing_file(tmp_path, content, match):
+    path = tmp_path / "bad.mat"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        read_array(path)
+
+
+def test_unknown_format_and_dataset(tmp_path):
+    (tmp_path / "c.xyz").write_text("1")
+    with pytest.raises(DataError, match="unknown file type"):
+        read_array(tmp_path / "c.xyz")
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_scene("pavia")
+    with pytest.raises(DataError, match="both --cube and --gt"):
+        load_scene(cube=tmp_path / "c.xyz")
+
+
+def _scene(cube, gt):
+    from rsjax.data.hsi import Scene
+    return Scene("test.mat", cube, gt, ["a", "b"])
+
+
+def test_validation_errors():
+    cube, gt = _cube()
+    gt = np.where(gt > 0, 1, 0).astype(np.int32)
+    with pytest.raises(DataError, match="does not match"):
+        validate(_scene(cube, gt[:-1]))
+    bad = cube.copy(); bad[0, 0, 1] = np.nan
+    with pytest.raises(DataError, match="NaN or Inf"):
+        validate(_scene(bad, gt))
+    bad = cube.copy(); bad[..., 2] = 7.0
+    with pytest.raises(DataError, match=r"bands \[2\] are constant"):
+        validate(_scene(bad, gt))
+    with pytest.raises(DataError, match="no labeled pixels"):
+        validate(_scene(cube, np.zeros_like(gt)))
+    with pytest.raises(DataError, match="only 30 pixels"):
+        validate(_scene(cube, gt), n_clusters=31)
+    assert validate(_scene(cube, gt)).name == "test.mat"
+
+
+def test_minmax_scale_per_band():
+    cube, _ = _cube()
+    x = minmax_scale(cube)
+    np.testing.assert_allclose(x.reshape(-1, 4).min(0), 0, atol=1e-6)
+    np.testing.assert_allclose(x.reshape(-1, 4).max(0), 1, atol=1e-6)
+
+
+def test_embedded_salinas_a_needs_no_shared_data(monkeypatch):
+    monkeypatch.setenv("RSJAX_DATA", "/nonexistent-on-purpose")
+    s = load_scene("salinas-a")
+    assert s.cube.shape == (83, 86, 204)
+    counts = np.bincount(s.gt.ravel())
+    assert counts.tolist() == [1790, 391, 1343, 616, 1525, 674, 799]
+
+
+def test_rsjax_data_must_be_a_directory(monkeypatch):
+    monkeypatch.setenv("RSJAX_DATA", "/nonexistent-on-purpose")
+    with pytest.raises(DataError, match="RSJAX_DATA"):
+        load_scene("samson")
+
+
+def test_shared_scenes(shared_data):
+    ip = load_scene("indian-pines-subset")
+    assert ip.cube.shape == (85, 70, 200) and np.bincount(ip.gt.ravel()).tolist() == [1559, 1005, 730, 732, 1924]
+    sam = load_scene("samson")
+    assert sam.cube.shape == (95, 95, 156) and np.bincount(sam.gt.ravel()).tolist() == [0, 3015, 3666, 2344]
+    for s in (ip, sam):
+        validate(s, s.n_classes)
+
+
+def test_paper_scene_layout(tmp_path, monkeypatch):
+    """Trento / Houston files as the authors' code reads them ('HSI' and 'GT' keys); Houston cropped."""
+    monkeypatch.setenv("RSJAX_DATA", str(tmp_path))
+    (tmp_path / "houston2013").mkdir()
+    cube = np.random.default_rng(0).uniform(size=(349, 820, 3)).astype(np.float32)
+    gt = np.zeros((349, 820), np.uint8); gt[100, 600] = 2
+    scipy.io.savemat(tmp_path / "houston2013" / "Houston.mat", {"HSI": cube, "GT": gt})
+    s = REGISTRY["houston2013"]()
+    assert s.cube.shape == (300, 300, 3) and s.gt[60, 100] == 2
+    with pytest.raises(DataError, match="Trento.mat does not exist"):
+        REGISTRY["trento"]()
