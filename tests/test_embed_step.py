@@ -1,0 +1,219 @@
+"""The jitted training steps of every method on tiny random data (16x16 images, batch 8, N = 32)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rsjax import bank as bank_lib
+from rsjax import configs, losses
+from rsjax.train import embed
+
+N, B, C, SIZE = 32, 8, 4, 16
+
+
+def tiny_cfg(method, **over):
+    cfg = configs.get(method)
+    cfg.stage_sizes = (1,)
+    cfg.num_filters = 4
+    cfg.dim = 8
+    cfg.image_size = SIZE
+    cfg.batch_size = B
+    cfg.lr = 0.05
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(C), N // C).astype(np.int32)
+    # class-dependent mean colour plus noise: learnable, but not trivially
+    images = (rng.normal(size=(N, SIZE, SIZE, 3)) + labels[:, None, None, None] * 0.3).astype(np.float32)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def variables():
+    """One random initialisation (with FC2) shared by all methods; FC2 dropped where unused."""
+    model = embed.build_model(tiny_cfg("ce"), C)
+    return embed.init_variables(model, SIZE, seed=0)
+
+
+def setup(method, variables, data, **over):
+    cfg = tiny_cfg(method, **over)
+    model = embed.build_model(cfg, C)
+    v = variables
+    if not model.num_classes:
+        v = {"params": {k: p for k, p in v["params"].items() if k != "fc2"}, "batch_stats": v["batch_stats"]}
+    tx = embed.make_optimizer(cfg, steps_per_epoch=N // B)
+    state = embed.create_state(cfg, v, tx, data[1])
+    return cfg, model, tx, state
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Jitted steps shared by the tests of a module, keyed by (method, overrides), each with the
+    list its trace counter appends to: every test that reuses a step also checks it is not retraced."""
+    cache = {}
+
+    def get(method, cfg, model, tx):
+        key = (method, cfg.shuffle_bn)
+        if key not in cache:
+            traces = []
+            inner = embed.make_step(cfg, model, tx)
+
+            def counted(*args):
+                traces.append(1)               # runs only while tracing
+                return inner(*args)
+
+            cache[key] = (embed.compile_step(counted), traces)
+        return cache[key]
+
+    yield get
+    for (method, _), (_, traces) in cache.items():
+        assert len(traces) == 1, f"{method}: the step was traced {len(traces)} times"
+
+
+def _forward(model, variables, x):
+    return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+
+
+def batch(data, idx):
+    images, labels = data
+    return jnp.asarray(images[idx]), jnp.asarray(labels[idx]), jnp.asarray(idx, jnp.int32)
+
+
+@pytest.mark.parametrize("method", embed.METHODS)
+def test_step_compiles_once_and_loss_falls(method, variables, data, compiled):
+    cfg, model, tx, state = setup(method, variables, data)
+    step, traces = compiled(method, cfg, model, tx)
+    idx = np.arange(0, N, N // B)       # two of each class
+    x, y, i = batch(data, idx)
+    seen = []
+    for t in range(6):
+        state, metrics = step(state, x, y, i, jnp.int32(t // 3))
+        seen.append(float(metrics["loss"]))
+    assert len(traces) == 1, f"{method}: the step was traced {len(traces)} times"
+    assert int(state.step) == 6
+    assert all(np.isfinite(seen))
+    assert seen[-1] < seen[0], f"{method}: loss did not fall: {seen}"
+    assert (state.ema_params is not None) == method.endswith("-mu")
+
+
+def test_mb_step_reads_bank_before_writing(variables, data, compiled):
+    cfg, model, tx, state = setup("snca-ce-mb", variables, data)
+    idx = np.array([0, 5, 9, 14, 17, 22, 27, 31])
+    x, y, i = batch(data, idx)
+    old_bank = np.asarray(state.bank)
+    out, _ = _forward(model, {"params": state.params, "batch_stats": state.batch_stats}, x)
+    f = np.asarray(out["embedding"])
+    want_snca = float(losses.snca_loss(out["embedding"], y, i, state.bank, state.bank_labels, cfg.sigma))
+    want_ce = float(losses.cross_entropy(out["logits"], y))
+    step, _ = compiled("snca-ce-mb", cfg, model, tx)
+    new, metrics = step(state, x, y, i, jnp.int32(80))
+    np.testing.assert_allclose(float(metrics["snca"]), want_snca, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["loss"]), want_ce + cfg.lam * want_snca, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["m"]), 0.8)            # schedule: 0.8 from epoch 80
+    rows = 0.8 * old_bank[idx] + 0.2 * f
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    got = np.asarray(new.bank)
+    np.testing.assert_allclose(got[idx], rows, rtol=1e-4, atol=1e-5)
+    rest = np.setdiff1d(np.arange(N), idx)
+    np.testing.assert_array_equal(got[rest], old_bank[rest])
+
+
+@pytest.mark.parametrize("shuffle_bn", [False, True])
+def test_mu_step_momentum_encoder(variables, data, shuffle_bn, compiled):
+    cfg, model, tx, state = setup("snca-ce-mu", variables, data, shuffle_bn=shuffle_bn)
+    idx = np.arange(8, 16)
+    x, y, i = batch(data, idx)
+    host = jax.device_get(state)
+    out_aux, aux_mut = _forward(model, {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, x)
+    step, _ = compiled("snca-ce-mu", cfg, model, tx)
+    new, metrics = step(state, x, y, i, jnp.int32(0))
+    new = jax.device_get(new)
+    # bank rows = the momentum encoder's normalised features (theta_aux before its update)
+    np.testing.assert_allclose(new.bank[idx], np.asarray(out_aux["embedding"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(new.bank[idx], axis=1), 1.0, rtol=1e-5)
+    # EMA: theta_aux = m theta_aux + (1 - m) theta^(t+1)
+    m = cfg.m
+    jax.tree.map(lambda e, old, p: np.testing.assert_allclose(e, m * old + (1 - m) * p, rtol=1e-5, atol=1e-7),
+                 new.ema_params, host.ema_params, new.params)
+    # its own batch statistics moved, as the online encoder's did
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 new.ema_batch_stats, jax.device_get(aux_mut["batch_stats"]))
+    np.testing.assert_allclose(float(metrics["m"]), 0.999)
+
+
+def test_baselines_store_embeddings_in_bank(variables, data, compiled):
+    cfg, model, tx, state = setup("triplet", variables, data)
+    idx = np.arange(0, 8)
+    x, y, i = batch(data, idx)
+    out, _ = _forward(model, {"params": state.params, "batch_stats": state.batch_stats}, x)
+    step, _ = compiled("triplet", cfg, model, tx)
+    new, metrics = step(state, x, y, i, jnp.int32(0))
+    np.testing.assert_allclose(np.asarray(new.bank)[idx], np.asarray(out["embedding"]), rtol=1e-4, atol=1e-5)
+    assert "ce" not in metrics and "triplet" in metrics
+
+
+def test_optimizer_matches_torch_sgd():
+    torch = pytest.importorskip("torch")
+    cfg = tiny_cfg("ce", lr=0.1, lr_decay_every=1)
+    tx = embed.make_optimizer(cfg, steps_per_epoch=2)       # lr halves every 2 steps
+    w0 = np.array([1.0, -2.0, 0.5], np.float32)
+    grads = [np.array([0.3, -0.1, 0.2], np.float32) * (k + 1) for k in range(5)]
+    p = jnp.asarray(w0)
+    opt_state = tx.init(p)
+    for g in grads:
+        upd, opt_state = tx.update(jnp.asarray(g), opt_state, p)
+        p = optax.apply_updates(p, upd)
+    tw = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.SGD([tw], lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for g in grads:
+        tw.grad = torch.tensor(g)
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(np.asarray(p), tw.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_lr_schedule_halves_every_30_epochs():
+    cfg = configs.get("snca-ce-mb")
+    sched = embed.lr_schedule(cfg, steps_per_epoch=10)
+    for epoch, lr in [(0, 0.01), (29, 0.01), (30, 0.005), (60, 0.0025), (99, 0.00125)]:
+        np.testing.assert_allclose(float(sched(epoch * 10 + 9)), lr, rtol=1e-6)
+
+
+def test_configs_and_method_specs():
+    for method in embed.METHODS:
+        cfg = configs.get(method)
+        assert cfg.method == method
+        assert embed.method_spec(method).bank_update == ("mu" if method.endswith("-mu") else
+                                                        "mb" if method.endswith("-mb") else "store")
+        for field in ("sigma", "lam", "dim", "epochs", "image_size", "batch_size", "lr", "m"):
+            assert field in cfg
+    assert configs.get("snca-ce-mu").m == 0.999 and configs.get("snca-ce-mb").m == 0.5
+    assert configs.get("triplet").triplet_margin == 0.2
+    with pytest.raises(ValueError, match="unknown embedding method"):
+        embed.method_spec("snca")
+
+
+def test_init_bank_in_state(variables, data):
+    _, _, _, state = setup("snca-mb", variables, data)
+    s = 1 / np.sqrt(8 / 3)
+    bank = np.asarray(state.bank)
+    assert bank.shape == (N, 8) and np.abs(bank).max() <= s
+    np.testing.assert_array_equal(np.asarray(state.bank_labels), data[1])
+    normalised = embed.create_state(tiny_cfg("snca-mb", bank_init_normalise=True), variables, optax.sgd(0.1), data[1])
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(normalised.bank), axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(normalised.bank), np.asarray(bank_lib.l2_normalize(state.bank)), rtol=1e-5)
+
+
+def test_embed_eval_mode_pads_last_batch(variables, data):
+    cfg = tiny_cfg("ce")
+    model = embed.build_model(cfg, C)
+    e = embed.embed(model, variables, data[0][:11], batch_size=4)
+    full = jax.jit(lambda v, x: model.apply(v, x, train=False)["embedding"])(variables, jnp.asarray(data[0][:11]))
+    np.testing.assert_allclose(e, np.asarray(full), rtol=1e-4, atol=1e-5)
