@@ -7,6 +7,7 @@ import json
 import sys
 
 from rsjax.data.paths import DataError
+from rsjax.embed_cli import add_embed_parser
 
 
 def _seeds(text: str) -> list[int]:
@@ -81,12 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_cluster_parser(sub)
-    try:
-        from rsjax.embed_cli import add_embed_parser
-    except ImportError:
-        pass
-    else:
-        add_embed_parser(sub)
+    add_embed_parser(sub)
     return parser
 
 

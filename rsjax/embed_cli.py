@@ -1,0 +1,80 @@
+"""``rsjax embed {train,evaluate,retrieve}``: SNCA-CE scene embeddings from the command line."""
+from __future__ import annotations
+
+import json
+
+
+def add_embed_parser(sub) -> None:
+    from rsjax.train.embed import METHODS
+    p = sub.add_parser("embed", help="learn and evaluate scene embeddings (SNCA-CE and baselines)")
+    esub = p.add_subparsers(dest="embed_command", required=True)
+
+    t = esub.add_parser("train", help="train a method on a scene dataset, then evaluate it on the test split")
+    t.add_argument("--dataset", default="ucmerced",
+                   help="ucmerced, rsscn7, ucmerced_subset, tfds:<builder>, an .npz or a folder of class folders")
+    t.add_argument("--method", choices=METHODS, default="snca-ce-mb")
+    t.add_argument("--workdir", default=None, help="run directory (default runs/<dataset>_<method>_s<seed>); "
+                   "an existing run there is resumed")
+    for name, typ, help_ in (("epochs", int, "epochs (paper 100)"), ("image-size", int, "training resolution (paper 256)"),
+                             ("batch-size", int, "batch size (paper 256)"), ("lr", float, "SGD learning rate (paper 0.01)"),
+                             ("sigma", float, "SNCA temperature (paper 0.1)"), ("lam", float, "lambda of the metric term"),
+                             ("dim", int, "embedding size D (128)"), ("m", float, "bank / EMA momentum"),
+                             ("seed", int, "seed of split, init, batches and augmentation")):
+        t.add_argument(f"--{name}", type=typ, default=None, help=help_)
+    t.add_argument("--pretrained", default=None, help="a torchvision ResNet18 state_dict (.pth) to start from")
+    t.add_argument("--json", action="store_true", help="print the results as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = esub.add_parser("evaluate", help="kNN / k-means / retrieval table of a trained run, with figures")
+    e.add_argument("checkpoint", help="the run directory (--workdir of 'embed train') or one of its checkpoints")
+    e.add_argument("--queries", default=None, help="classify and retrieve these images against the run's "
+                   "training archive instead of its test split")
+    e.add_argument("--out", default=None, help="where results.json and figures go (default <run>/eval)")
+    e.add_argument("--json", action="store_true", help="print the table as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = esub.add_parser("retrieve", help="the archive images nearest to one image")
+    r.add_argument("checkpoint", help="the run directory or one of its checkpoints")
+    r.add_argument("image", help="a JPEG, PNG or TIFF image")
+    r.add_argument("-k", type=int, default=5, help="number of neighbours (default 5)")
+    r.add_argument("--out", default="retrieval.png", help="PNG of the query and its neighbours")
+    r.set_defaults(func=cmd_retrieve)
+
+
+def cmd_train(args) -> int:
+    from rsjax import configs
+    from rsjax.embedding import train_run
+    from rsjax.metrics.retrieval import format_table, scalar_scores
+    cfg = configs.get(args.method)
+    cfg.dataset = args.dataset
+    for key in ("epochs", "image_size", "batch_size", "lr", "sigma", "lam", "dim", "m", "seed", "pretrained"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    workdir = args.workdir or f"runs/{args.dataset.replace('/', '_').replace(':', '_')}_{args.method}_s{cfg.seed}"
+    results = train_run(cfg, workdir, progress=not args.quiet)
+    print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
+    if not args.json:
+        print(f"wrote {workdir}/: checkpoints/, history.json, results.json, tsne.png, similarity.png, "
+              "pr_curve.png, learning_curve.png")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from rsjax.embedding import evaluate_run
+    from rsjax.metrics.retrieval import format_table, scalar_scores
+    out = args.out or str(Path(args.checkpoint) / "eval")
+    results = evaluate_run(args.checkpoint, queries=args.queries, out_dir=out)
+    print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from rsjax.embedding import retrieve
+    found = retrieve(args.checkpoint, args.image, k=args.k, out_png=args.out)
+    for rank, (name, cls, sim) in enumerate(found, start=1):
+        print(f"{rank:>3}  {sim:.4f}  {cls:<20} {name}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,156 @@
+"""Scene-embedding runs end to end: dataset -> stratified split -> training (SNCA-CE and
+baselines) -> the three evaluations (kNN, k-means, retrieval) -> table, JSON and figures.
+
+A run lives in one directory (its *workdir*): ``config.json``, ``history.json``,
+``checkpoints/epoch_XXXX`` (orbax), ``results.json`` and the figures. ``rsjax embed`` and the
+experiments call the functions here, so both report the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from rsjax.data.paths import DataError
+from rsjax.data.scenes import SceneImages, load_scene_images, stratified_split
+
+
+def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
+    """The dataset of ``cfg`` and its stratified train/val/test indices (deterministic per seed)."""
+    data = load_scene_images(cfg.dataset)
+    train, val, test = stratified_split(data.labels, int(cfg.seed), tuple(cfg.split))
+    if train.size < int(cfg.batch_size):
+        raise DataError(f"{cfg.dataset}: the training split has {train.size} images, fewer than one batch of "
+                        f"{cfg.batch_size}; lower --batch-size.")
+    return data, {"train": train, "val": val, "test": test}
+
+
+def _preprocess(cfg):
+    from rsjax.data.augment import preprocess
+    return functools.partial(preprocess, size=int(cfg.image_size))
+
+
+def train_run(cfg, workdir: str | Path, progress: bool = True) -> dict:
+    """Train ``cfg.method`` on the train split (resuming from ``workdir`` if it holds a run), then
+    evaluate on the test split; returns the results (also written to ``workdir/results.json``)."""
+    from rsjax.data.augment import augment
+    from rsjax.train.embed import build_model, knn_val_fn, train
+    data, split = load_split(cfg)
+    cfg.num_classes = data.n_classes
+    model = build_model(cfg, data.n_classes)
+    pre = _preprocess(cfg)
+    val_fn = knn_val_fn(model, data.images[split["val"]], data.labels[split["val"]], k=int(cfg.knn_k),
+                        batch_size=int(cfg.eval_batch_size), preprocess=pre,
+                        train_images=data.images[split["train"]])
+    out = train(cfg, data.subset(split["train"]), workdir=workdir, val_fn=val_fn, progress=progress,
+                augment=functools.partial(augment, size=int(cfg.image_size)))
+    return evaluate_run(workdir, out_dir=workdir)
+
+
+def load_run(workdir: str | Path):
+    """(cfg, model, variables, data, split) of the newest checkpoint of a run directory."""
+    from rsjax.train import checkpoint
+    from rsjax.train.embed import build_model, latest_checkpoint
+    workdir = Path(workdir)
+    if (workdir / "checkpoints").is_dir() is False and workdir.name.startswith("epoch_"):
+        workdir = workdir.parent.parent           # a checkpoint directory was given
+    cfg_path = workdir / "config.json"
+    latest = latest_checkpoint(workdir)
+    if not cfg_path.exists() or latest is None:
+        raise DataError(f"{workdir}: not a training run (no config.json or checkpoints/epoch_*); "
+                        "pass the --workdir of 'rsjax embed train'.")
+    cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    data, split = load_split(cfg)
+    model = build_model(cfg, data.n_classes)
+    state = checkpoint.restore(latest[1])
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return cfg, model, variables, data, split
+
+
+def evaluate_run(workdir: str | Path, queries: str | None = None, out_dir: str | Path | None = None,
+                 plots: bool = True) -> dict:
+    """kNN accuracy/F1 (K = 1, 5, 10), k-means NMI/ACC and retrieval (mAP, MAP@R, P@1, R@K, PR
+    curve) of the test split against the training archive; with ``queries`` (a dataset name or
+    path with the same classes), those images are the queries instead."""
+    from rsjax.metrics.retrieval import evaluate_embeddings
+    from rsjax.train.embed import embed
+    cfg, model, variables, data, split = load_run(workdir)
+    pre = _preprocess(cfg)
+    emb = lambda images: embed(model, variables, images, batch_size=int(cfg.eval_batch_size), preprocess=pre)
+    archive = emb(data.images[split["train"]])
+    if queries is None:
+        q_images, q_labels = data.images[split["test"]], data.labels[split["test"]]
+    else:
+        q = load_scene_images(queries)
+        if q.class_names != data.class_names:
+            raise DataError(f"{queries}: its classes {q.class_names[:5]}... differ from the archive's "
+                            f"{data.class_names[:5]}...; queries must use the training classes.")
+        q_images, q_labels = q.images, q.labels
+    q_emb = emb(q_images)
+    results = evaluate_embeddings(archive, data.labels[split["train"]], q_emb, q_labels, data.n_classes,
+                                  seed=int(cfg.seed), class_names=data.class_names, threads=1)
+    results["method"], results["dataset"], results["queries"] = cfg.method, cfg.dataset, queries or "test split"
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        if plots:
+            _figures(out, cfg, workdir, q_emb, q_labels, results, data.class_names)
+    return results
+
+
+def _figures(out: Path, cfg, workdir, q_emb, q_labels, results, class_names) -> None:
+    from rsjax.plots.embedding import (learning_curves_figure, pr_curves_figure, similarity_matrix_figure,
+                                       tsne_figure)
+    tsne_figure(q_emb, q_labels, out / "tsne.png", class_names, seed=int(cfg.seed), title=f"{cfg.method}: t-SNE")
+    similarity_matrix_figure(q_emb, q_labels, out / "similarity.png", class_names, title=f"{cfg.method}")
+    pr_curves_figure({cfg.method: results}, out / "pr_curve.png", title="test queries vs train archive")
+    history_path = Path(workdir) / "history.json"
+    if history_path.exists():
+        history = json.loads(history_path.read_text())
+        vals = [h["val_knn_acc"] for h in history if "val_knn_acc" in h]
+        if vals:
+            learning_curves_figure({cfg.method: [100 * v for v in vals]}, out / "learning_curve.png")
+
+
+def retrieve(workdir: str | Path, image_path: str | Path, k: int = 5, out_png: str | Path | None = None):
+    """The ``k`` training-archive images nearest to one image file: ``[(file, class, cosine)]``,
+    and a PNG of the query with its neighbours."""
+    from PIL import Image, UnidentifiedImageError
+
+    from rsjax.metrics.retrieval import nearest_neighbors
+    from rsjax.train.embed import embed
+    cfg, model, variables, data, split = load_run(workdir)
+    try:
+        with Image.open(image_path) as img:
+            query = np.asarray(img.convert("RGB").resize(data.images.shape[1:3][::-1], Image.LANCZOS))[None]
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{image_path}: cannot read the image ({e}); pass a JPEG, PNG or TIFF file.") from e
+    pre = _preprocess(cfg)
+    archive_images = data.images[split["train"]]
+    archive = embed(model, variables, archive_images, batch_size=int(cfg.eval_batch_size), preprocess=pre)
+    q = embed(model, variables, query, batch_size=1, preprocess=pre)
+    idx, sims = nearest_neighbors(q, archive, k)
+    train_idx = split["train"][idx[0]]
+    names = [data.files[i] if data.files else f"#{i}" for i in train_idx]
+    found = [(n, data.class_names[data.labels[i]], float(s)) for n, i, s in zip(names, train_idx, sims[0])]
+    if out_png is not None:
+        _query_figure(query[0], archive_images[idx[0]], found, out_png)
+    return found
+
+
+def _query_figure(query: np.ndarray, neighbours: np.ndarray, found, path) -> Path:
+    from rsjax.plots.common import plt, savefig
+    fig, axes = plt.subplots(1, len(found) + 1, figsize=(2.2 * (len(found) + 1), 2.6))
+    axes[0].imshow(query)
+    axes[0].set_title("query", fontsize=8)
+    for ax, img, (name, cls, sim) in zip(axes[1:], neighbours, found):
+        ax.imshow(img)
+        ax.set_title(f"{cls}\ncos {sim:.3f}", fontsize=7)
+    for ax in axes:
+        ax.set_axis_off()
+    return savefig(fig, path)

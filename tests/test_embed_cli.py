@@ -1,0 +1,71 @@
+"""``rsjax embed train / evaluate / retrieve`` end to end on a tiny real-format dataset."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsjax.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """40 images of 4 colour-coded classes, 20 x 20, in the .npz layout of the shipped arrays."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10).astype(np.int32)
+    base = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]], np.float32)
+    images = np.clip(base[labels][:, None, None, :] + rng.normal(0, 20, (40, 20, 20, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, images=images, labels=labels, class_names=np.array(["red", "green", "blue", "yellow"]),
+             files=np.array([f"img{i}.png" for i in range(40)]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_npz, tmp_path_factory):
+    from rsjax import configs
+    from rsjax.embedding import train_run
+    cfg = configs.get("snca-ce-mb")
+    cfg.dataset, cfg.epochs, cfg.image_size, cfg.batch_size = str(tiny_npz), 2, 16, 8
+    cfg.stage_sizes, cfg.num_filters, cfg.dim, cfg.eval_batch_size = (1, 1, 1, 1), 8, 16, 16
+    workdir = tmp_path_factory.mktemp("run")
+    return workdir, train_run(cfg, workdir, progress=False)
+
+
+def test_train_writes_results_history_and_figures(trained_run):
+    workdir, results = trained_run
+    for key in ("knn_oa@1", "knn_oa@10", "kmeans_nmi", "kmeans_acc", "map", "map@r", "p@1", "recall@5"):
+        assert 0.0 <= results[key] <= 100.0
+    history = json.loads((workdir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and all("val_knn_acc" in h for h in history)
+    for name in ("results.json", "tsne.png", "similarity.png", "pr_curve.png", "learning_curve.png"):
+        assert (workdir / name).stat().st_size > 0
+    assert (workdir / "checkpoints" / "epoch_0002").is_dir()
+
+
+def test_evaluate_cli_json_and_queries(trained_run, tiny_npz, capsys):
+    workdir, results = trained_run
+    assert main(["embed", "evaluate", str(workdir), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["knn_oa@10"] == pytest.approx(results["knn_oa@10"])
+    assert main(["embed", "evaluate", str(workdir), "--queries", str(tiny_npz), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_test"] == 40
+
+
+def test_retrieve_cli(trained_run, tmp_path, capsys):
+    workdir, _ = trained_run
+    Image.fromarray(np.full((30, 30, 3), [30, 30, 200], np.uint8)).save(tmp_path / "q.png")
+    assert main(["embed", "retrieve", str(workdir), str(tmp_path / "q.png"), "-k", "3",
+                 "--out", str(tmp_path / "r.png")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and "img" in lines[0]
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_errors_name_the_problem(trained_run, tmp_path, capsys):
+    workdir, _ = trained_run
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["embed", "retrieve", str(workdir), str(tmp_path / "bad.png")]) == 2
+    assert "cannot read the image" in capsys.readouterr().err
+    assert main(["embed", "evaluate", str(tmp_path)]) == 2
+    assert "not a training run" in capsys.readouterr().err
