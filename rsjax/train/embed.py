@@ -28,6 +28,7 @@ validation callback (e.g. kNN accuracy, :func:`knn_val_fn`) and a tqdm progress 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -291,13 +292,10 @@ def _default_preprocess(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32)
 
 
-_EVAL_CACHE: dict = {}
-
-
+@functools.lru_cache(maxsize=16)
 def _eval_apply(model: ResNet) -> Callable:
-    if model not in _EVAL_CACHE:
-        _EVAL_CACHE[model] = jax.jit(lambda v, x: model.apply(v, x, train=False)["embedding"])
-    return _EVAL_CACHE[model]
+    """The jitted evaluation forward of ``model`` (modules are hashable; one compile per model)."""
+    return jax.jit(lambda v, x: model.apply(v, x, train=False)["embedding"])
 
 
 def knn_val_fn(model: ResNet, val_images: np.ndarray, val_labels: np.ndarray, *, k: int = 10,

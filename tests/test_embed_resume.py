@@ -1,0 +1,103 @@
+"""Checkpoints of the whole training state: interrupted and resumed runs equal straight ones."""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rsjax import configs
+from rsjax.train import checkpoint, embed
+
+N, B, C, SIZE = 32, 8, 4, 16
+
+
+def tiny_cfg(method, **over):
+    cfg = configs.get(method)
+    cfg.stage_sizes, cfg.num_filters, cfg.dim = (1,), 4, 8
+    cfg.image_size, cfg.batch_size, cfg.lr = SIZE, B, 0.05
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(C), N // C).astype(np.int32)
+    images = np.clip(rng.normal(100, 40, size=(N, SIZE, SIZE, 3)) + labels[:, None, None, None] * 20, 0, 255)
+    return {"images": images.astype(np.uint8), "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def variables():
+    return embed.init_variables(embed.build_model(tiny_cfg("snca-ce-mu"), C), SIZE, seed=0)
+
+
+def _assert_same(a, b, atol=1e-6):
+    la, lb = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+def test_steps_straight_equal_save_restore_continue(tmp_path, data, variables):
+    """N = 5 steps straight == 2 steps, save, restore into a fresh state object, 3 steps
+    (SNCA-CE(MU): bank, momentum encoder, its batch statistics and optimiser state included)."""
+    cfg = tiny_cfg("snca-ce-mu", shuffle_bn=True)
+    model = embed.build_model(cfg, C)
+    tx = embed.make_optimizer(cfg, N // B)
+    step = embed.compile_step(embed.make_step(cfg, model, tx))
+    x = jnp.asarray(data["images"], jnp.float32) / 255.0
+    y = jnp.asarray(data["labels"])
+    order = np.random.default_rng(1).permutation(N)
+    batches = [order[(t % 4) * B:(t % 4 + 1) * B] for t in range(5)]
+
+    def run(state, ts):
+        for t in ts:
+            i = batches[t]
+            state, _ = step(state, x[i], y[i], jnp.asarray(i, jnp.int32), jnp.int32(t // 4))
+        return state
+
+    straight = run(embed.create_state(cfg, variables, tx, data["labels"]), range(5))
+    part = run(embed.create_state(cfg, variables, tx, data["labels"]), range(2))
+    checkpoint.save(tmp_path / "ckpt", part)
+    fresh = embed.create_state(cfg, variables, tx, data["labels"], seed=123)   # another bank
+    assert not np.allclose(np.asarray(fresh.bank), np.asarray(part.bank))
+    restored = checkpoint.restore(tmp_path / "ckpt", like=fresh)
+    assert isinstance(restored, embed.EmbedState) and int(restored.step) == 2
+    _assert_same(restored, part, atol=0)
+    resumed = run(restored, range(2, 5))
+    assert int(resumed.step) == 5
+    _assert_same(resumed, straight)
+
+
+def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables):
+    """train(2 epochs) == train(1 epoch) then train(2 epochs) in the same workdir, with augmentation
+    and the kNN validation callback; checkpoints are pruned to the newest ones."""
+    from rsjax.data.augment import augment
+    cfg = tiny_cfg("snca-ce-mb", epochs=2, keep_checkpoints=1, log_every=2)
+    aug = functools.partial(augment, size=SIZE)
+    model = embed.build_model(cfg, C)
+    val = embed.knn_val_fn(model, data["images"][:12], data["labels"][:12], k=3, batch_size=8)
+    common = dict(augment=aug, val_fn=val, progress=False, variables=variables)
+
+    straight = embed.train(cfg, data, workdir=tmp_path / "a", **common)
+    assert [h["epoch"] for h in straight["history"]] == [0, 1]
+    assert all(0 <= h["val_knn_acc"] <= 1 and np.isfinite(h["loss"]) for h in straight["history"])
+
+    first = embed.train(tiny_cfg("snca-ce-mb", epochs=1, keep_checkpoints=1), data, workdir=tmp_path / "b", **common)
+    assert int(first["state"].step) == N // B
+    (tmp_path / "b" / "checkpoints" / "epoch_0002.orbax-checkpoint-tmp-1").mkdir()  # an interrupted save
+    resumed = embed.train(cfg, data, workdir=tmp_path / "b", **common)
+    assert int(resumed["state"].step) == 2 * (N // B)
+    _assert_same(resumed["state"], straight["state"])
+    hist = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [0, 1]
+    np.testing.assert_allclose([h["loss"] for h in hist], [h["loss"] for h in straight["history"]], rtol=1e-6)
+    assert embed.latest_checkpoint(tmp_path / "b")[0] == 2
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["epoch_0002"]
+
+    again = embed.train(cfg, data, workdir=tmp_path / "b", **common)   # nothing left to do
+    assert int(again["state"].step) == 2 * (N // B)
