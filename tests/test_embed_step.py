@@ -93,7 +93,9 @@ def test_step_compiles_once_and_loss_falls(method, variables, data, compiled):
     x, y, i = batch(data, idx)
     seen = []
     for t in range(6):
+        old_bank = state.bank
         state, metrics = step(state, x, y, i, jnp.int32(t // 3))
+        assert old_bank.is_deleted(), "the state (and its bank) should be donated to the step"
         seen.append(float(metrics["loss"]))
     assert len(traces) == 1, f"{method}: the step was traced {len(traces)} times"
     assert int(state.step) == 6

@@ -144,6 +144,23 @@ def test_snca_margin_raises_loss(seed, margin):
     assert float(losses.snca_loss(*a, 0.1, margin)) >= float(losses.snca_loss(*a, 0.1, 0.0))
 
 
+def test_snca_edge_cases_lone_class_and_single_class():
+    """A sample whose class has no other bank row contributes 0 (with zero gradient); a bank of
+    one class gives p_i = 1 for every sample: loss 0, gradient 0, and never NaN."""
+    rng = np.random.default_rng(3)
+    bank = jnp.asarray(_unit(rng, 6, 3), jnp.float32)
+    f = jnp.asarray(_unit(rng, 2, 3), jnp.float32)
+    idx = jnp.array([0, 1])
+    lone = jnp.array([7, 0, 0, 0, 1, 1])           # row 0 is the only one of class 7
+    value, g = jax.value_and_grad(losses.snca_loss)(f, jnp.array([7, 0]), idx, bank, lone, 0.1)
+    log_p, ok = losses.snca_log_prob(f, jnp.array([7, 0]), idx, bank, lone, 0.1)
+    assert list(np.asarray(ok)) == [False, True]
+    np.testing.assert_allclose(float(value), -float(log_p[1]) / 2, rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(g))) and np.all(np.asarray(g[0]) == 0)
+    value, g = jax.value_and_grad(losses.snca_loss)(f, jnp.array([0, 0]), idx, bank, jnp.zeros(6, int), 0.1)
+    assert float(value) == 0.0 and np.all(np.asarray(g) == 0)
+
+
 def test_snca_extreme_logits_stay_finite():
     """sigma small enough that exp(s / sigma) overflows float32: log space keeps it finite."""
     f, labels, idx, bank, bank_labels = _snca_case(0, 4, 16, 4, 2)

@@ -158,7 +158,11 @@ def _forward(model, params, batch_stats, images):
 
 def make_loss_fn(cfg, model: ResNet) -> Callable:
     """``loss_fn(params, state, images, labels, idx) -> (loss, (terms, embedding, new_batch_stats))``:
-    the method's training loss of a batch, differentiable in ``params``; SNCA reads ``state.bank``."""
+    the method's training loss of a batch, differentiable in ``params``; SNCA reads ``state.bank``.
+
+    With a CE term: ``CE + lambda * metric`` (SNCA-CE, D-CNN) or CE alone; without one
+    (SNCA, triplet): the metric term alone (lambda unused).
+    """
     spec = method_spec(cfg.method)
     sigma, lam, margin = float(cfg.sigma), float(cfg.lam), float(cfg.margin)
 
