@@ -3,18 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsjax.data.paths import DataError, data_dir
+from rsjax.data.paths import DataError
 from rsjax.data.scenes import (SceneImages, eval_batches, load_scene_images, stratified_split,
                                train_batches)
-
-
-@pytest.fixture
-def scene_data():
-    """The real datasets directory (../shared/data or RSJAX_DATA); skip when absent."""
-    path = data_dir(required=False)
-    if path is None:
-        pytest.skip("no ../shared/data and no RSJAX_DATA: the real-data test needs the datasets folder")
-    return path
 
 
 def _write_folder(root, sizes_per_class, suffix=".png"):
@@ -137,8 +128,8 @@ def test_scene_images_validation():
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 3]), ["a"])
 
 
-def test_real_ucmerced_subset_folder(scene_data):
-    d = load_scene_images(scene_data / "ucmerced_subset" / "Images", size=32)
+def test_real_ucmerced_subset_folder(shared_data):
+    d = load_scene_images(shared_data / "ucmerced_subset" / "Images", size=32)
     assert d.images.shape == (105, 32, 32, 3)
     assert d.n_classes == 21 and np.all(np.bincount(d.labels) == 5)
     assert d.class_names[0] == "agricultural" and d.class_names[-1] == "tenniscourt"
@@ -146,7 +137,7 @@ def test_real_ucmerced_subset_folder(scene_data):
     assert full.images.shape == (105, 256, 256, 3)
 
 
-def test_real_named_arrays(scene_data):
+def test_real_named_arrays(shared_data):
     d = load_scene_images("rsscn7")
     assert d.images.shape == (1400, 128, 128, 3) and d.n_classes == 7
     assert d.files[0].startswith("aGrass/")
