@@ -1,5 +1,6 @@
 """conv_taps (GEMM over taps + shifted adds, or im2col) equals lax.conv_general_dilated."""
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
@@ -38,6 +39,46 @@ def test_conv_module_implementations_agree():
 
 
 def test_conv_taps_rejects_even_kernel():
-    import pytest
+
     with pytest.raises(ValueError, match="odd"):
         conv_taps(jnp.ones((1, 4, 4, 2)), jnp.ones((2, 2, 2, 3)))
+
+
+@settings(max_examples=10)
+@given(h=st.integers(1, 12), w=st.integers(1, 9), cin=st.integers(1, 6), couts=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+       ks=st.lists(st.sampled_from([1, 3, 5]), min_size=3, max_size=3), dils=st.lists(st.sampled_from([1, 2, 4]), min_size=3, max_size=3),
+       band_rows=st.one_of(st.none(), st.integers(1, 5)), seed=st.integers(0, 2**16))
+def test_conv_same_multi_equals_lax_convs_for_any_band_height(h, w, cin, couts, ks, dils, band_rows, seed):
+    """Several convolutions of one CNHW input from one banded GEMM (bands smaller than the halo
+    and not dividing H included) equal separate lax convolutions, in value and in gradient."""
+    from rsjax.models.layers import conv_same_multi
+    n = len(couts)
+    keys = jax.random.split(jax.random.key(seed), 2 + 2 * n)
+    x = jax.random.normal(keys[0], (cin, 2, h, w))
+    kernels = tuple(jax.random.normal(keys[1 + i], (ks[i], ks[i], cin, c)) for i, c in enumerate(couts))
+    probes = [jax.random.normal(keys[1 + n + i], (c, 2, h, w)) for i, c in enumerate(couts)]
+    dilations = tuple(dils[:n])
+    nhwc = lambda a: a.transpose(1, 2, 3, 0)
+
+    def f_multi(x, kernels):
+        return sum(jnp.sum(y * p) for y, p in zip(conv_same_multi(x, kernels, dilations, band_rows), probes))
+
+    def f_lax(x, kernels):
+        return sum(jnp.sum(nhwc(p) * lax_conv(nhwc(x), kern, d)) for kern, d, p in zip(kernels, dilations, probes))
+
+    for y, kern, d in zip(conv_same_multi(x, kernels, dilations, band_rows), kernels, dilations):
+        np.testing.assert_allclose(nhwc(y), lax_conv(nhwc(x), kern, d), rtol=1e-4, atol=1e-4)
+    (gx, gk), (rx, rk) = jax.grad(f_multi, argnums=(0, 1))(x, kernels), jax.grad(f_lax, argnums=(0, 1))(x, kernels)
+    np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-3)
+    for a, b in zip(gk, rk):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs", [dict(features=4, kernel_size=5, dilation=2), dict(features=3, kernel_size=3),
+                                    dict(features=3, kernel_size=1, stride=2, padding="VALID")])
+def test_conv_module_cnhw_layout_equals_nhwc_lax(kwargs):
+    x = jax.random.normal(jax.random.key(0), (1, 9, 7, 5))
+    ref = Conv(**kwargs, impl="lax")
+    params = ref.init(jax.random.key(1), x)
+    y = Conv(**kwargs, layout="CNHW").apply(params, x.transpose(3, 0, 1, 2))
+    np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref.apply(params, x), rtol=1e-4, atol=1e-5)

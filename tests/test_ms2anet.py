@@ -102,17 +102,26 @@ def test_loss_falls(method):
     assert int(state.step) == 30
 
 
-def test_best_params_are_those_of_the_lowest_loss():
+@pytest.mark.parametrize("keep", ["updated", "evaluated"])
+def test_best_params_are_those_of_the_lowest_loss(keep):
+    """"evaluated" keeps the parameters that scored the lowest loss; "updated" (the authors'
+    torch.save after optimizer.step()) the parameters right after that iteration's update."""
     cfg, x, model, tx, state = _tiny_setup()
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, lam=0.1))
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, lam=0.1, keep=keep))
     history = []
     for _ in range(6):
-        history.append(jax.device_get(state.params))
+        before = jax.device_get(state.params)
         state, loss = step(state, x)
-        history[-1] = (float(loss), history[-1])
+        history.append((float(loss), before if keep == "evaluated" else jax.device_get(state.params)))
     best_loss, best_params = min(history, key=lambda t: t[0])
     assert float(state.best_loss) == pytest.approx(best_loss)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.best_params), best_params)
+
+
+def test_keep_rejects_unknown_choice():
+    cfg, x, model, tx, state = _tiny_setup()
+    with pytest.raises(ValueError, match="keep must be one of"):
+        train_step(state, x, model=model, tx=tx, lam=0.1, keep="last")
 
 
 def test_step_compiles_once():

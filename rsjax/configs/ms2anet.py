@@ -17,6 +17,7 @@ def get_config():
     c.kernel_size = 5
     c.ablation = "A3"             # A1 spectral only, A2 spatial only, A3 both
     c.latent = 36                 # AE / CAE code size
+    c.keep = "updated"            # lowest loss keeps the parameters after its update (authors' code) | "evaluated"
     c.seeds = (0,)
     c.kmeans_seed = 0             # scikit-learn KMeans random_state, as in the authors' code
     return c

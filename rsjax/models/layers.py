@@ -3,6 +3,16 @@
 The reference implementations are PyTorch; matching their initial distributions
 (``kaiming_uniform(a=sqrt(5))`` for weights, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for
 biases) keeps from-scratch results comparable with the authors' runs.
+
+Convolutions run channels first internally (``CNHW``: channels, batch, height, width). A stride-1
+'same' convolution is then a GEMM over all taps, ``Z = [W_tap0; W_tap1; ...] @ X`` (``(taps *
+Cout, Cin) @ (Cin, pixels)``), followed by the sum of each tap's plane shifted by its offset
+(:func:`conv_same_multi`); several convolutions of one input share that GEMM. It runs over bands
+of image rows inside a ``lax.scan``, so each band's Z is summed while it is still in cache and
+the whole-image Z (taps times the output) is never stored; the gradient is the same scheme run
+backwards. When ``Cin < Cout`` the inputs are gathered instead (im2col,
+``(Cout, taps * Cin) @ (taps * Cin, pixels)``), which moves less data. On CPU these run at GEMM
+speed, where XLA's (dilated) convolution does not (its weight gradient is ~100x slower).
 """
 from __future__ import annotations
 
@@ -23,69 +33,199 @@ def torch_uniform(fan_in: int):
     return init
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def shift_sum(z: jax.Array, dilation: int) -> jax.Array:
-    """``y[h, w] = sum_ij z[h + (i - c) d, w + (j - c) d, i, j]`` (zero outside the image).
+# ----------------------------------------------------------------------------- 'same' convolution, CNHW
 
-    ``z`` is ``(B, H, W, k, k, C)``: every tap's contribution at every pixel. The custom
-    gradient is one im2col of the incoming gradient (a single stack), where autodiff of the
-    sum would build k*k padded copies.
+BAND_BYTES = 8 << 20  # target size of one band's Z (and of its gradient): a few MB, cache-resident
+
+
+def tap_offsets(k: int, dilation: int) -> list[tuple[int, int]]:
+    """(dh, dw) of every tap of a k x k kernel, row-major: tap (i, j) reads pixel (h + dh, w + dw)."""
+    c = k // 2
+    return [((i - c) * dilation, (j - c) * dilation) for i in range(k) for j in range(k)]
+
+
+def _check_kernel(kernel):
+    k = kernel.shape[0]
+    if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0:
+        raise ValueError(f"conv_same needs a square odd kernel, got {kernel.shape[:2]}")
+    return k
+
+
+def _taps_matrix(kernel: jax.Array) -> jax.Array:
+    """(k, k, Cin, Cout) -> (k*k*Cout, Cin), rows ordered (tap, output channel)."""
+    k, _, cin, cout = kernel.shape
+    return kernel.transpose(0, 1, 3, 2).reshape(k * k * cout, cin)
+
+
+def _pad_hw(a: jax.Array, top: int, bottom: int, left: int = 0, right: int = 0) -> jax.Array:
+    """Zero-pad the last two axes (rows, columns) of ``a``; negative amounts crop."""
+    cfg = [(0, 0, 0)] * (a.ndim - 2) + [(top, bottom, 0), (left, right, 0)]
+    return lax.pad(a, jnp.zeros((), a.dtype), cfg)
+
+
+def _bands(x: jax.Array, kernels, dilations, band_rows: int | None):
+    """Rows per band, number of bands, each kernel's halo (rows/columns it reaches) and the largest."""
+    cin, n, h, w = x.shape
+    halos = [(k.shape[0] // 2) * d for k, d in zip(kernels, dilations)]
+    rows = sum(k.shape[0] ** 2 * k.shape[-1] for k in kernels)
+    b = band_rows or BAND_BYTES // (x.dtype.itemsize * rows * n * (w + 2 * max(halos)))
+    b = int(min(max(b, 1), h))
+    return b, -(-h // b), halos, max(halos)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_same_multi(x: jax.Array, kernels: tuple, dilations: tuple, band_rows: int | None = None) -> tuple:
+    """Stride-1 'same' convolutions (odd square HWIO kernels, no bias) of one channels-first input
+    ``x`` (Cin, N, H, W), all from one GEMM; returns a tuple of (Cout_i, N, H, W).
+
+    A ``lax.scan`` over bands of ``band_rows`` image rows (default: about ``BAND_BYTES`` of Z per
+    band) computes ``Z = [W_1; W_2; ...] @ X_band`` for the band (X zero-padded by the largest
+    halo on the left and right, so shifting a tap's plane along W is a plain slice), sums each
+    kernel's taps (columns shifted per tap, the k row offsets added into a carry of the rows that
+    later bands still reach: overlap-add) and emits the finished rows. The gradient runs the same
+    bands: ``dZ_band`` is the im2col of the output gradients (slices of them, padded once),
+    ``dW += dZ_band X_band^T`` and ``dX_band = W^T dZ_band``; jit drops ``dX`` when nothing needs
+    it (the network's input). Equal to ``lax.conv_general_dilated`` in value and gradient (tests).
     """
-    b, h, w, k, _, c = z.shape
-    p = (k // 2) * dilation
-    zp = jnp.pad(z, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
-    y = None
-    for i in range(k):
-        for j in range(k):
-            tap = zp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w, i, j, :]
-            y = tap if y is None else y + tap
-    return y
+    return _multi_fwd(x, kernels, dilations, band_rows)[0]
 
 
-def _shift_sum_fwd(z, dilation):
-    return shift_sum(z, dilation), z.shape[3]
+def _multi_fwd(x, kernels, dilations, band_rows):
+    cin, n, h, w = x.shape
+    b, nb, halos, p = _bands(x, kernels, dilations, band_rows)
+    wcat = jnp.concatenate([_taps_matrix(k) for k in kernels], axis=0)
+    xp = _pad_hw(x, 0, nb * b - h, p, p)                      # rows up to whole bands, columns by the halo
+
+    def band(carries, r0):
+        xs = lax.dynamic_slice(xp, (0, 0, r0, 0), (cin, n, b, w + 2 * p))
+        z = (wcat @ xs.reshape(cin, -1)).reshape(-1, n, b, w + 2 * p)
+        outs, new_carries, o = [], [], 0
+        for kern, d, q, acc in zip(kernels, dilations, halos, carries):
+            k, cout = kern.shape[0], kern.shape[-1]
+            for i in range(k):                                # taps of kernel row i share a row offset
+                dh = (i - k // 2) * d
+                row = None
+                for j in range(k):
+                    dw = (j - k // 2) * d
+                    t = o + (i * k + j) * cout
+                    plane = z[t:t + cout, :, :, p + dw:p + dw + w]
+                    row = plane if row is None else row + plane
+                acc = acc + _pad_hw(row, q - dh, q + dh)      # output rows [r0 - q, r0 + b + q)
+            outs.append(acc[:, :, :b])                        # rows [r0 - q, r0 + b - q) are complete
+            new_carries.append(_pad_hw(acc[:, :, b:], 0, b))
+            o += k * k * cout
+        return tuple(new_carries), tuple(outs)
+
+    carries = tuple(jnp.zeros((k.shape[-1], n, b + 2 * q, w), x.dtype) for k, q in zip(kernels, halos))
+    carries, outs = lax.scan(band, carries, jnp.arange(nb, dtype=jnp.int32) * b)
+    ys = []
+    for out, acc, q in zip(outs, carries, halos):
+        rows = out.transpose(1, 2, 0, 3, 4).reshape(out.shape[1], n, nb * b, w)   # rows [-q, nb b - q)
+        ys.append(jnp.concatenate([rows, acc], axis=2)[:, :, q:q + h])             # + rows left in the carry
+    return tuple(ys), (x, kernels)
 
 
-def _shift_sum_bwd(dilation, k, g):
-    b, h, w, c = g.shape
-    p = (k // 2) * dilation
-    gp = jnp.pad(g, ((0, 0), (p, p), (p, p), (0, 0)))
-    r = lambda i: (k - 1 - i) * dilation
-    cols = [gp[:, r(i):r(i) + h, r(j):r(j) + w, :] for i in range(k) for j in range(k)]
-    return (jnp.stack(cols, axis=3).reshape(b, h, w, k, k, c),)
+def _multi_bwd(dilations, band_rows, res, gs):
+    x, kernels = res
+    cin, n, h, w = x.shape
+    b, nb, halos, _ = _bands(x, kernels, dilations, band_rows)
+    wcat = jnp.concatenate([_taps_matrix(k) for k in kernels], axis=0)
+    xr = _pad_hw(x, 0, nb * b - h)
+    gps = [_pad_hw(g, q, q + nb * b - h, q, q) for g, q in zip(gs, halos)]
+
+    def band(dw, r0):
+        xs = lax.dynamic_slice(xr, (0, 0, r0, 0), (cin, n, b, w)).reshape(cin, -1)
+        pieces = []
+        for kern, d, q, gp in zip(kernels, dilations, halos, gps):
+            gb = lax.dynamic_slice(gp, (0, 0, r0, 0), (kern.shape[-1], n, b + 2 * q, w + 2 * q))
+            pieces += [gb[:, :, q - dh:q - dh + b, q - dw_:q - dw_ + w] for dh, dw_ in tap_offsets(kern.shape[0], d)]
+        dz = jnp.concatenate(pieces, axis=0).reshape(wcat.shape[0], -1)
+        return dw + dz @ xs.T, (wcat.T @ dz).reshape(cin, n, b, w)
+
+    dw, dxs = lax.scan(band, jnp.zeros(wcat.shape, wcat.dtype), jnp.arange(nb, dtype=jnp.int32) * b)
+    dx = dxs.transpose(1, 2, 0, 3, 4).reshape(cin, n, nb * b, w)[:, :, :h]
+    dks, o = [], 0
+    for kern in kernels:
+        k, _, _, cout = kern.shape
+        dks.append(dw[o:o + k * k * cout].reshape(k, k, cout, cin).transpose(0, 1, 3, 2).astype(kern.dtype))
+        o += k * k * cout
+    return dx, tuple(dks)
 
 
-shift_sum.defvjp(_shift_sum_fwd, _shift_sum_bwd)
+conv_same_multi.defvjp(_multi_fwd, _multi_bwd)
+
+
+def _shift(a: jax.Array, dh: int, dw: int) -> jax.Array:
+    """``out[..., y, x] = a[..., y + dh, x + dw]``, zero where that falls outside the image."""
+    return _pad_hw(a, -dh, dh, -dw, dw)
+
+
+def _im2col(x, k, dilation):
+    return jnp.concatenate([_shift(x, dh, dw) for dh, dw in tap_offsets(k, dilation)], axis=0)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col_cnhw(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+    return _im2col_fwd(x, kernel, dilation)[0]
+
+
+def _im2col_fwd(x, kernel, dilation):
+    cin = x.shape[0]
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    cols = _im2col(x, k, dilation).reshape(k * k * cin, -1)
+    y = kernel.reshape(k * k * cin, cout).T @ cols
+    return y.reshape(cout, *x.shape[1:]), (x, kernel)
+
+
+def _im2col_bwd(dilation, res, g):
+    # the columns are rebuilt rather than kept: they are k*k times the input
+    x, kernel = res
+    cin = x.shape[0]
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    g2 = g.reshape(cout, -1)
+    cols = _im2col(x, k, dilation).reshape(k * k * cin, -1)
+    dkernel = (cols @ g2.T).reshape(k, k, cin, cout).astype(kernel.dtype)
+    dcols = (kernel.reshape(k * k * cin, cout) @ g2).reshape(k * k, cin, *x.shape[1:])
+    dx = None
+    for t, (dh, dw) in enumerate(tap_offsets(k, dilation)):
+        s = _shift(dcols[t], -dh, -dw)
+        dx = s if dx is None else dx + s
+    return dx, dkernel
+
+
+_conv_im2col_cnhw.defvjp(_im2col_fwd, _im2col_bwd)
+
+
+def conv_same_cnhw(x: jax.Array, kernel: jax.Array, dilation: int = 1, band_rows: int | None = None) -> jax.Array:
+    """A stride-1 'same' convolution (odd square HWIO kernel, no bias) of a channels-first
+    ``(Cin, N, H, W)`` input, returning ``(Cout, N, H, W)``: :func:`conv_same_multi` with one
+    kernel, or im2col when ``Cin < Cout`` (the inputs are then the smaller side). Equal to
+    ``lax.conv_general_dilated`` with 'SAME' padding in value and gradient (tests)."""
+    k = _check_kernel(kernel)
+    if x.shape[0] != kernel.shape[2]:
+        raise ValueError(f"input has {x.shape[0]} channels, kernel expects {kernel.shape[2]}")
+    if k == 1:
+        return (kernel[0, 0].T @ x.reshape(x.shape[0], -1)).reshape(kernel.shape[-1], *x.shape[1:])
+    if kernel.shape[2] < kernel.shape[3]:
+        return _conv_im2col_cnhw(x, kernel, dilation)
+    return conv_same_multi(x, (kernel,), (dilation,), band_rows)[0]
 
 
 def conv_taps(x: jax.Array, kernel: jax.Array, dilation: int = 1) -> jax.Array:
-    """A stride-1 'same' convolution (odd square kernel) as one GEMM over all taps.
+    """:func:`conv_same_cnhw` for NHWC input and output."""
+    _check_kernel(kernel)
+    return conv_same_cnhw(x.transpose(3, 0, 1, 2), kernel, dilation).transpose(1, 2, 3, 0)
 
-    ``Z = X @ [W_00 | W_01 | ... ]`` computes every tap's contribution for every pixel in one
-    matrix product (``pixels x Cin`` by ``Cin x k*k*Cout``); :func:`shift_sum` then adds each
-    tap's plane at its offset. When ``Cin < Cout`` the inputs are gathered instead (im2col:
-    ``pixels x k*k*Cin`` by ``k*k*Cin x Cout``), which moves less data. Equal to ``lax.conv_general_dilated`` with 'SAME' padding, in
-    value and gradient; on CPU it runs at GEMM speed where XLA's (dilated) convolution does not.
-    """
-    b, h, w, cin = x.shape
-    k, cout = kernel.shape[0], kernel.shape[-1]
-    if kernel.shape[1] != k or k % 2 == 0:
-        raise ValueError(f"conv_taps needs a square odd kernel, got {kernel.shape[:2]}")
-    if cin < cout:  # fewer input than output channels: gathering the inputs (im2col) moves less data
-        p = (k // 2) * dilation
-        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        cols = [xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w, :]
-                for i in range(k) for j in range(k)]
-        return jnp.concatenate(cols, axis=-1) @ kernel.reshape(k * k * cin, cout)
-    z = x.reshape(-1, cin) @ kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
-    return shift_sum(z.reshape(b, h, w, k, k, cout), dilation)
 
+# ----------------------------------------------------------------------------- modules
 
 class Conv(nn.Module):
-    """2-D convolution over NHWC input with HWIO kernel, 'same' padding unless ``padding`` is given.
+    """2-D convolution with HWIO kernel, 'same' padding unless ``padding`` is given.
 
-    ``impl='taps'`` (default) computes stride-1 'same' convolutions with :func:`conv_taps`;
-    ``impl='lax'`` always uses ``lax.conv_general_dilated``.
+    ``layout`` is ``"NHWC"`` (default) or ``"CNHW"`` (channels first, batch second: the layout in
+    which :func:`conv_same_cnhw` works without transposes). ``impl='taps'`` (default) computes
+    stride-1 'same' convolutions with :func:`conv_same_cnhw` and 1 x 1 'VALID' ones as a strided
+    slice and a GEMM; ``impl='lax'`` always uses ``lax.conv_general_dilated``.
     """
     features: int
     kernel_size: int
@@ -93,19 +233,42 @@ class Conv(nn.Module):
     stride: int = 1
     padding: str | Sequence[tuple[int, int]] = "SAME"
     impl: str = "taps"
+    layout: str = "NHWC"
 
     @nn.compact
     def __call__(self, x):
-        k, cin = self.kernel_size, x.shape[-1]
+        if self.layout not in ("NHWC", "CNHW"):
+            raise ValueError(f"layout must be 'NHWC' or 'CNHW', got {self.layout!r}")
+        cnhw = self.layout == "CNHW"
+        k, cin = self.kernel_size, x.shape[0 if cnhw else -1]
         fan_in = k * k * cin
-        kernel = self.param("kernel", torch_uniform(fan_in), (k, k, cin, self.features))
-        bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+        kernel = self.param("kernel", torch_uniform(fan_in), (k, k, cin, self.features)).astype(x.dtype)
+        bias = self.param("bias", torch_uniform(fan_in), (self.features,)).astype(x.dtype)
+        b = bias[:, None, None, None] if cnhw else bias
         if self.impl == "taps" and self.stride == 1 and self.padding == "SAME" and k % 2 == 1:
-            return conv_taps(x, kernel.astype(x.dtype), self.dilation) + bias.astype(x.dtype)
+            return (conv_same_cnhw(x, kernel, self.dilation) if cnhw else conv_taps(x, kernel, self.dilation)) + b
+        if self.impl == "taps" and k == 1 and self.dilation == 1 and self.padding == "VALID" and cnhw:
+            s = self.stride
+            return conv_same_cnhw(x[:, :, ::s, ::s], kernel) + b
         y = lax.conv_general_dilated(
-            x, kernel.astype(x.dtype), (self.stride, self.stride), self.padding,
-            rhs_dilation=(self.dilation, self.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias.astype(x.dtype)
+            x, kernel, (self.stride, self.stride), self.padding,
+            rhs_dilation=(self.dilation, self.dilation), dimension_numbers=(self.layout, "HWIO", self.layout))
+        return y + b
+
+
+class ConvParams(nn.Module):
+    """The kernel and bias of a :class:`Conv` (same names, shapes and initialisation), for a
+    parent that computes several convolutions together (:func:`conv_same_multi`)."""
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        k = self.kernel_size
+        fan_in = k * k * in_features
+        kernel = self.param("kernel", torch_uniform(fan_in), (k, k, in_features, self.features))
+        bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+        return kernel, bias
 
 
 class Dense(nn.Module):
@@ -119,6 +282,9 @@ class Dense(nn.Module):
         return x @ kernel + bias
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults (momentum 0.1 in PyTorch's convention, eps 1e-5)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def batch_norm(train: bool | None, name: str | None = None, axis: int = -1) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults (momentum 0.1 in PyTorch's convention, eps 1e-5);
+    ``axis`` is the channel axis (0 for CNHW). ``train=None`` leaves ``use_running_average`` to
+    the call (for modules defined in ``setup``)."""
+    return nn.BatchNorm(use_running_average=None if train is None else not train, axis=axis,
+                        momentum=0.9, epsilon=1e-5, name=name)

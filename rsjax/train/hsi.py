@@ -2,7 +2,9 @@
 
 The state is an explicit pytree (:class:`HSIState`); :func:`train_step` is one pure
 iteration (forward, backward, Adam) and :func:`train_chunk` runs ``n`` of them inside a
-``lax.scan`` so the host syncs once per chunk, not per iteration. The parameters of the
+``lax.scan`` so the host syncs once per chunk, not per iteration. For MS2A-Net the chunk first
+prepares the scene's loop-invariant arrays (:func:`~rsjax.models.ms2anet.prepare_scene`: its
+channels-first copy, softmax over bands and band mean) once, outside the scan. The parameters of the
 lowest-loss iteration are kept on device, and M' is extracted with them.
 """
 from __future__ import annotations
@@ -19,7 +21,10 @@ import numpy as np
 import optax
 
 from rsjax.models.autoencoders import AE, CAE
-from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
+from rsjax.models.ms2anet import MS2ANet, PreparedScene, ms2anet_loss, prepare_scene
+
+
+KEEP = ("updated", "evaluated")   # which parameters the lowest loss keeps (see train_step)
 
 
 @flax.struct.dataclass
@@ -53,34 +58,53 @@ def init_state(model: nn.Module, x: jax.Array, tx: optax.GradientTransformation,
                     best_batch_stats=jax.tree.map(jnp.copy, batch_stats))  # own buffers: the step donates the state
 
 
+def prepare_input(model: nn.Module, x: jax.Array):
+    """What the training step takes for ``x`` (N, H, W, D): a :class:`PreparedScene` for MS2A-Net
+    (computed once, reused by every iteration), ``x`` itself for the other models."""
+    if isinstance(model, MS2ANet) and not isinstance(x, PreparedScene):
+        return prepare_scene(x)
+    return x
+
+
 def apply_model(model, params, batch_stats, x):
-    """Forward pass in training mode (MS2A-Net always normalises with batch statistics)."""
+    """Forward pass in training mode (MS2A-Net always normalises with batch statistics).
+    ``x`` is the scene NHWC, or for MS2A-Net also its :class:`PreparedScene`."""
     out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                mutable=["batch_stats"])
     return out, mutated.get("batch_stats", batch_stats)
 
 
-def train_step(state: HSIState, x: jax.Array, *, model, tx, lam: float) -> tuple[HSIState, jax.Array]:
-    """One iteration. The loss is that of the incoming parameters, which are kept if it is the lowest."""
+def train_step(state: HSIState, x: jax.Array, *, model, tx, lam: float,
+               keep: str = "updated") -> tuple[HSIState, jax.Array]:
+    """One iteration. The loss is that of the incoming parameters. When it is the lowest so far, the
+    state keeps (``keep="updated"``, the authors' code) the parameters right after this
+    iteration's Adam update, as the authors' ``torch.save`` after ``optimizer.step()`` does, or
+    (``keep="evaluated"``) the incoming parameters that scored the loss.
+    ``x`` is the scene NHWC or :func:`prepare_input` of it (the same result, less work per call)."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     def loss_fn(params):
         out, new_bs = apply_model(model, params, state.batch_stats, x)
         return ms2anet_loss(x, out, lam), new_bs
 
     (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     better = loss < state.best_loss
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
-    state = HSIState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                     batch_stats=new_bs, opt_state=opt_state,
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
+    cand_params, cand_bs = (params, new_bs) if keep == "updated" else (state.params, state.batch_stats)
+    state = HSIState(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state,
                      best_loss=jnp.where(better, loss, state.best_loss),
-                     best_params=keep(state.params, state.best_params),
-                     best_batch_stats=keep(state.batch_stats, state.best_batch_stats))
+                     best_params=pick(cand_params, state.best_params),
+                     best_batch_stats=pick(cand_bs, state.best_batch_stats))
     return state, loss
 
 
-def train_chunk(state: HSIState, x: jax.Array, *, n: int, model, tx, lam: float):
-    """``n`` iterations in one compiled ``lax.scan``; returns the state and the n losses."""
-    step = partial(train_step, model=model, tx=tx, lam=lam)
+def train_chunk(state: HSIState, x: jax.Array, *, n: int, model, tx, lam: float, keep: str = "updated"):
+    """``n`` iterations in one compiled ``lax.scan``; returns the state and the n losses.
+    The scene is prepared once (:func:`prepare_input`), outside the scan."""
+    step = partial(train_step, model=model, tx=tx, lam=lam, keep=keep)
+    x = prepare_input(model, x)
     return jax.lax.scan(lambda s, _: step(s, x), state, None, length=n)
 
 
@@ -92,13 +116,14 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None
     lam = float(cfg.lam) if cfg.method == "ms2anet" else 0.0
     x = jnp.asarray(cube01)[None]
     state = init_state(model, x, tx, seed)
-    chunk = jax.jit(train_chunk, static_argnames=("n", "model", "tx", "lam"), donate_argnums=(0,))
+    keep = cfg.get("keep", "updated")
+    chunk = jax.jit(train_chunk, static_argnames=("n", "model", "tx", "lam", "keep"), donate_argnums=(0,))
     t0 = time.perf_counter()
     losses = []
     sizes = [cfg.chunk] * (cfg.iters // cfg.chunk) + ([cfg.iters % cfg.chunk] if cfg.iters % cfg.chunk else [])
     bar = _progress(cfg.iters, f"{cfg.method} seed {seed}", progress)
     for n in sizes:
-        state, chunk_losses = chunk(state, x, n=n, model=model, tx=tx, lam=lam)
+        state, chunk_losses = chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
         chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
         if not np.all(np.isfinite(chunk_losses)):
             raise FloatingPointError(f"non-finite loss at iteration {len(losses) + int(np.argmin(np.isfinite(chunk_losses)))}; "

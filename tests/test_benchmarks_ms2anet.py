@@ -1,0 +1,60 @@
+"""The MS2A-Net benchmark's pieces: the jaxpr FLOP counter against hand counts, and one tiny
+side-by-side measurement (rsjax and PyTorch agree on the first loss; every figure is there)."""
+import functools
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # benchmarks/ lives next to rsjax/, not installed
+from benchmarks.flops import count_flops  # noqa: E402
+
+
+def test_count_flops_dot_conv_scan_and_dead_code():
+    a, b = jnp.ones((3, 5)), jnp.ones((5, 7))
+    assert count_flops(jnp.matmul, a, b) == 2 * 3 * 5 * 7
+    x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    conv = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert count_flops(conv, x, k) == 2 * (2 * 8 * 8 * 4) * 3 * 9
+    # a scan body counts once per iteration (XLA's cost analysis counts it once)
+    body = lambda c, _: (c @ jnp.ones((5, 5)), None)
+    assert count_flops(lambda c: lax.scan(body, c, None, length=6)[0], a) == 6 * 2 * 3 * 5 * 5
+    # the gradient w.r.t. the kernel only: dX is dead code and not counted
+    g = jax.grad(lambda k, x: jnp.sum(conv(x, k)))
+    assert count_flops(g, k, x) == 2 * (2 * 8 * 8 * 4) * 3 * 9
+
+
+def test_ms2anet_step_flops_match_the_convolutions():
+    """The counted FLOPs of a training step are the convolutions' forward + weight gradient
+    (the input needs no gradient), the decoder's three GEMMs and the small ones; the banded GEMM
+    pads each row by the largest halo (8 columns each side), a few percent at real widths."""
+    import optax
+    from rsjax.models.ms2anet import MS2ANet
+    from rsjax.train.hsi import init_state, train_step
+    h, w, d = 9, 80, 7
+    x = jnp.ones((1, h, w, d))
+    model, tx = MS2ANet(d), optax.adam(1e-3)
+    flops = count_flops(functools.partial(train_step, model=model, tx=tx, lam=0.1), init_state(model, x, tx, 0), x)
+    p = h * w
+    convs = p * 2 * (3 * 25 * d * 12 + 9 * d * 3)          # spatial 5x5 x3 and spectral 3x3 (forward)
+    dec = p * 2 * 9 * 6 * d                                  # decoder 3x3, 6 -> D
+    lower = 2 * convs + 3 * dec                              # forward + weight gradient (+ the decoder's dX)
+    assert lower <= flops <= 1.3 * lower, (flops, lower)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_shape_tiny_runs_both_frameworks():
+    pytest.importorskip("torch")
+    from benchmarks.ms2anet_step import bench_shape
+    cube = np.random.default_rng(0).random((12, 17, 9), dtype=np.float32)
+    r = bench_shape("tiny", cube, reps=1, chunk=2, log=lambda *a, **k: None)
+    np.testing.assert_allclose(r["loss_rsjax"], r["loss_torch"], rtol=1e-4)
+    for key in ("rsjax_chunk_s_per_iter", "rsjax_step_s_per_iter", "torch_s_per_iter", "flops_per_iter",
+                "ratio_chunk", "ratio_step", "rsjax_compile_chunk_s", "rss_peak_rsjax_bytes", "rss_peak_torch_bytes"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["ratio_chunk"] == pytest.approx(r["rsjax_chunk_s_per_iter"] / r["torch_s_per_iter"])
