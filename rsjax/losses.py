@@ -12,6 +12,8 @@ its pairs / triplets), so it does not depend on the batch size.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -55,8 +57,12 @@ def snca_log_prob(f: jax.Array, labels: jax.Array, idx: jax.Array, bank: jax.Arr
     return jnp.where(has_pos, log_p, 0.0), has_pos
 
 
+SNCA_BLOCK = 4096   # bank rows per block of the blocked SNCA path (B x block logits stay in cache)
+
+
 def snca_loss(f: jax.Array, labels: jax.Array, idx: jax.Array, bank: jax.Array,
-              bank_labels: jax.Array, sigma: float, margin: float = 0.0) -> jax.Array:
+              bank_labels: jax.Array, sigma: float, margin: float = 0.0,
+              block_size: int | None = SNCA_BLOCK) -> jax.Array:
     """SNCA loss of a batch against the memory bank: ``-(1/B) sum_i log p_i`` (Eq. 7).
 
     Args:
@@ -67,11 +73,115 @@ def snca_loss(f: jax.Array, labels: jax.Array, idx: jax.Array, bank: jax.Array,
       bank_labels: ``N`` labels of the bank rows.
       sigma: the temperature.
       margin: subtracted (divided by sigma) from the positive log-mass; 0 by default.
+      block_size: a bank larger than this is processed in blocks of this many rows
+        (:func:`snca_loss_blocked`: memory and cache traffic linear in N, no ``B x N``
+        temporaries); ``None`` always takes the dense path (:func:`snca_log_prob`).
 
     Samples without any other same-class bank row contribute 0 (the sum is still divided by B).
     """
+    if block_size is not None and bank.shape[0] > block_size:
+        return snca_loss_blocked(f, labels, idx, bank, bank_labels, sigma, margin, block_size)
     log_p, _ = snca_log_prob(f, labels, idx, bank, bank_labels, sigma, margin)
     return -jnp.sum(log_p) / f.shape[0]
+
+
+def _block_starts(n: int, block: int) -> jax.Array:
+    """First row of each block; the last block is moved back to end at row ``n`` (it then
+    overlaps its predecessor, and rows before ``k * block`` are masked out of block ``k``)."""
+    nb = -(-n // block)
+    return jnp.minimum(jnp.arange(nb, dtype=jnp.int32) * block, n - block)
+
+
+def _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block):
+    """Scan over the bank's blocks; ``body(carry, s, pos, neg, rows)`` sees each block's logits
+    ``s`` (B x block) and masks of its positive / negative entries (own row and the rows of the
+    overlap excluded). Returns a function ``run(body, init)``."""
+    n = bank.shape[0]
+    starts = _block_starts(n, block)
+    firsts = jnp.arange(starts.shape[0], dtype=jnp.int32) * block
+
+    def run(body, init):
+        def step(carry, start_first):
+            start, first = start_first
+            rows = jax.lax.dynamic_slice_in_dim(bank, start, block)
+            rl = jax.lax.dynamic_slice_in_dim(bank_labels, start, block)
+            j = start + jnp.arange(block, dtype=jnp.int32)
+            keep = (j[None, :] >= first) & (j[None, :] != idx[:, None])
+            same = rl[None, :] == labels[:, None]
+            s = (f @ rows.T) / sigma
+            return body(carry, s, same & keep, (~same) & keep, rows), None
+        return jax.lax.scan(step, init, (starts, firsts))[0]
+    return run
+
+
+def _lse_update(m, acc, s, mask):
+    """One block of an online masked log-sum-exp: running max ``m`` and ``acc = sum exp(x - m)``."""
+    x = jnp.where(mask, s, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(x, axis=-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    acc = acc * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(x - m_safe[:, None]), axis=-1)
+    return m_new, acc
+
+
+def _snca_blocked_lse(f, labels, idx, bank, bank_labels, sigma, block):
+    b = f.shape[0]
+    init = (jnp.full((b,), -jnp.inf, f.dtype), jnp.zeros((b,), f.dtype)) * 2
+
+    def body(carry, s, pos, neg, rows):
+        mp, ap, mn, an = carry
+        return (*_lse_update(mp, ap, s, pos), *_lse_update(mn, an, s, neg))
+
+    mp, ap, mn, an = _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block)(body, init)
+    lse = lambda m, a: jnp.where(a > 0, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(jnp.where(a > 0, a, 1.0)), -jnp.inf)
+    return lse(mp, ap), lse(mn, an)
+
+
+def _snca_blocked_terms(lse_pos, lse_neg, sigma, margin):
+    has_pos = jnp.isfinite(lse_pos)
+    log_pos = jnp.where(has_pos, lse_pos, 0.0) - margin / sigma
+    log_p = jnp.where(has_pos, log_pos - jnp.logaddexp(log_pos, lse_neg), 0.0)
+    return log_p, has_pos
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def snca_loss_blocked(f, labels, idx, bank, bank_labels, sigma: float, margin: float = 0.0,
+                      block_size: int = SNCA_BLOCK):
+    """:func:`snca_loss` over the bank in blocks of ``block_size`` rows (a ``lax.scan`` with an
+    online log-sum-exp of the positive and the negative mass), with a custom gradient that
+    runs the blocks again: ``d log p_i / d s_ij = (1 - p_i) softmax_pos(s_i)_j`` for a
+    positive row, ``-(1 - p_i) softmax_neg(s_i)_j`` for a negative one. Time is linear in N and
+    memory is ``B x block_size``, not ``B x N``. Only ``f`` is differentiated (the bank is a
+    buffer)."""
+    return _snca_blocked_fwd(f, labels, idx, bank, bank_labels, sigma, margin, block_size)[0]
+
+
+def _snca_blocked_fwd(f, labels, idx, bank, bank_labels, sigma, margin, block_size):
+    block = min(int(block_size), bank.shape[0])
+    bank = jax.lax.stop_gradient(bank)
+    lse_pos, lse_neg = _snca_blocked_lse(f, labels, idx, bank, bank_labels, sigma, block)
+    log_p, _ = _snca_blocked_terms(lse_pos, lse_neg, sigma, margin)
+    return -jnp.sum(log_p) / f.shape[0], (f, labels, idx, bank, bank_labels, lse_pos, lse_neg)
+
+
+def _snca_blocked_bwd(sigma, margin, block_size, res, ct):
+    f, labels, idx, bank, bank_labels, lse_pos, lse_neg = res
+    block = min(int(block_size), bank.shape[0])
+    log_p, has_pos = _snca_blocked_terms(lse_pos, lse_neg, sigma, margin)
+    one_minus_p = jnp.where(has_pos, -jnp.expm1(log_p), 0.0)
+    lp = jnp.where(has_pos, lse_pos, 0.0)[:, None]
+    ln = jnp.where(jnp.isfinite(lse_neg), lse_neg, 0.0)[:, None]
+
+    def body(g, s, pos, neg, rows):
+        w = jnp.where(pos, jnp.exp(jnp.where(pos, s, 0.0) - lp), 0.0) \
+            - jnp.where(neg, jnp.exp(jnp.where(neg, s, 0.0) - ln), 0.0)
+        return g + (w * one_minus_p[:, None]) @ rows
+
+    g = _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block)(body, jnp.zeros_like(f))
+    df = -(ct / f.shape[0]) * g / sigma
+    return df, None, None, None, None
+
+
+snca_loss_blocked.defvjp(_snca_blocked_fwd, _snca_blocked_bwd)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -229,3 +229,29 @@ def test_l2_normalize_matches_torch_semantics():
     x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
     np.testing.assert_allclose(l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
     assert np.all(np.isfinite(np.asarray(jax.grad(lambda x: l2_normalize(x).sum())(x))))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), b=st.sampled_from([1, 5]), n=st.integers(6, 40), d=st.sampled_from([3, 8]),
+       classes=st.integers(1, 4), block=st.integers(2, 17), margin=st.sampled_from([0.0, 0.1]))
+def test_blocked_snca_matches_naive_loop_and_dense_gradient(seed, b, n, d, classes, block, margin):
+    """The blocked path (any block size, the last block overlapping its predecessor) gives the
+    naive loop's loss and the dense path's gradient."""
+    f, labels, idx, bank, bank_labels = _snca_case(seed, b, n, d, classes)
+    args = (jnp.asarray(labels), jnp.asarray(idx), jnp.asarray(bank, jnp.float32), jnp.asarray(bank_labels), 0.1, margin)
+    f = jnp.asarray(f, jnp.float32)
+    got, g_blocked = jax.value_and_grad(lambda f: losses.snca_loss_blocked(f, *args, block))(f)
+    np.testing.assert_allclose(float(got), naive_snca(np.asarray(f), labels, idx, bank, bank_labels, 0.1, margin),
+                               rtol=2e-4, atol=2e-4)
+    g_dense = jax.grad(lambda f: losses.snca_loss(f, *args, None))(f)
+    np.testing.assert_allclose(g_blocked, g_dense, rtol=1e-3, atol=1e-5)
+
+
+def test_snca_loss_takes_the_blocked_path_above_block_size():
+    f, labels, idx, bank, bank_labels = _snca_case(0, 4, 50, 6, 3)
+    a = (jnp.asarray(f, jnp.float32), jnp.asarray(labels), jnp.asarray(idx), jnp.asarray(bank, jnp.float32),
+         jnp.asarray(bank_labels), 0.1, 0.0)
+    jaxpr = str(jax.make_jaxpr(lambda *x: losses.snca_loss(*x, *a[5:], block_size=16))(*a[:5]))
+    assert "scan" in jaxpr
+    np.testing.assert_allclose(float(losses.snca_loss(*a, block_size=16)), float(losses.snca_loss(*a, block_size=None)),
+                               rtol=1e-5)
