@@ -14,8 +14,9 @@ PyTorch's ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``. Convolutions are Kaiming-norma
 
 Every convolution of the network is made by the one ``conv`` field of :class:`ResNet`. The
 default, :class:`Conv`, computes the same convolution as ``flax.linen.Conv`` (same parameter
-names and shapes) as GEMMs: stride-1 3x3 convolutions with :func:`rsjax.models.layers.conv_taps`,
-strided ones (stem, downsampling) with :func:`conv_im2col`; the max-pool keeps the index of
+names and shapes) as one GEMM over gathered patches (:func:`conv_im2col`; with a ResNet's
+many channels and small images this beat the GEMM over taps of
+:func:`rsjax.models.layers.conv_taps` by 1.3x in the whole SNCA-CE step); the max-pool keeps the index of
 the first maximum and routes the gradient there (:func:`max_pool`). On a CPU, XLA's own
 convolution and max-pool gradients are several times slower; both forms are equal in value
 and gradient (tests/test_resnet_ops.py), and ``conv=flax.linen.Conv`` restores XLA's.
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsjax.bank import l2_normalize
-from rsjax.models.layers import conv_taps, torch_uniform
+from rsjax.models.layers import torch_uniform
 
 ModuleDef = Any
 
@@ -68,11 +69,7 @@ class Conv(nn.Module):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features)).astype(self.dtype)
         x = x.astype(self.dtype)
-        pad = tuple(tuple(p) for p in self.padding)
-        if tuple(self.strides) == (1, 1) and kh == kw and kh % 2 == 1 and pad == ((kh // 2, kh // 2),) * 2:
-            y = conv_taps(x, kernel)
-        else:
-            y = conv_im2col(x, kernel, tuple(self.strides), pad)
+        y = conv_im2col(x, kernel, tuple(self.strides), tuple(tuple(p) for p in self.padding))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
         return y
