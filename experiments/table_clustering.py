@@ -34,6 +34,8 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=800)
     ap.add_argument("--keep", default="updated", choices=("updated", "evaluated"),
                     help="which parameters the lowest loss keeps (rsjax.train.hsi.train_step)")
+    ap.add_argument("--spf-odd", default="crop", choices=("crop", "resize"),
+                    help="SPF on odd H or W: crop the x2 upsampling or resize to H x W (rsjax.models.ms2anet.SPF)")
     ap.add_argument("--out", default="results/clustering")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -47,11 +49,12 @@ def main(argv=None):
                 results[(scene_name, method)] = json.loads(path.read_text())
                 continue
             cfg = configs.get("ms2anet")
-            cfg.method, cfg.iters, cfg.keep = method, args.iters, args.keep
+            cfg.method, cfg.iters, cfg.keep, cfg.spf_odd = method, args.iters, args.keep, args.spf_odd
             t0 = time.time()
             summary = run(scene, cfg, list(range(args.seeds)), out_dir=None, progress=False)
             summary["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
             summary["keep"] = args.keep if method != "kmeans" else None
+            summary["spf_odd"] = args.spf_odd if method == "ms2anet" else None
             path.write_text(json.dumps(summary, indent=2, default=str))
             results[(scene_name, method)] = summary
             s = summary["summary"]
@@ -63,7 +66,8 @@ def main(argv=None):
 
 def format_markdown(results: dict, args) -> str:
     lines = [f"Seeds: {args.seeds}; iterations: {args.iters}; command: "
-             f"`python -m experiments.table_clustering --seeds {args.seeds} --iters {args.iters} --keep {args.keep}`.",
+             f"`python -m experiments.table_clustering --seeds {args.seeds} --iters {args.iters} --keep {args.keep} "
+             f"--spf-odd {args.spf_odd}`.",
              "Deep models keep the parameters of their lowest-loss iteration: 'updated' = right after its Adam "
              "update (the authors' code), 'evaluated' = the ones that scored it (column keep; rows computed "
              "before the option existed used 'evaluated').",

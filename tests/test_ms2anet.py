@@ -36,7 +36,7 @@ def test_configurable_widths():
 
 # ---------------------------------------------------------------- PyTorch reference of the paper's math
 
-def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4)):
+def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4), spf_odd="crop"):
     """MS2A-Net forward and loss written in PyTorch after the authors' code, NCHW, weights from rsjax."""
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -56,7 +56,10 @@ def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4)):
     sp = params["spatial"]
     m = torch.cat([F.relu(bn(conv(x, sp[f"conv_l{r}"], dilation=r), sp[f"bn_l{r}"])) for r in d1_rates], 1)
     y = conv(m, params["spf"]["conv"], stride=2, padding=0)
-    y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
+    if spf_odd == "resize":                                    # nn.Upsample(size=(H, W))
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
     spf = F.relu(bn(y, params["spf"]["bn"]))
     f = F.relu(bn(conv(x, params["spectral"]["conv"]), params["spectral"]["bn"])).reshape(3, h * w)
     f = torch.softmax(f, dim=0)
@@ -68,14 +71,15 @@ def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4)):
     return recon.permute(0, 2, 3, 1).numpy(), m.permute(0, 2, 3, 1).numpy(), float(loss)
 
 
-@pytest.mark.parametrize("h,w,d", [(8, 8, 6), (9, 7, 5), (11, 12, 13)])
-def test_forward_and_loss_equal_pytorch_reference(h, w, d):
+@pytest.mark.parametrize("h,w,d,spf_odd", [(8, 8, 6, "crop"), (9, 7, 5, "crop"), (11, 12, 13, "crop"),
+                                          (9, 7, 5, "resize"), (11, 12, 4, "resize")])
+def test_forward_and_loss_equal_pytorch_reference(h, w, d, spf_odd):
     x = jax.random.uniform(jax.random.key(h * w), (1, h, w, d))
-    model = MS2ANet(d)
+    model = MS2ANet(d, spf_odd=spf_odd)
     variables = model.init(jax.random.key(2), x)
     out, _ = apply_model(model, variables["params"], variables["batch_stats"], x)
     loss = ms2anet_loss(x, out, 0.1)
-    recon, m, ref_loss = torch_reference(x, jax.device_get(variables["params"]), 0.1)
+    recon, m, ref_loss = torch_reference(x, jax.device_get(variables["params"]), 0.1, spf_odd=spf_odd)
     np.testing.assert_allclose(out["recon"], recon, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out["m_prime"], m, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-4, atol=1e-6)
@@ -136,3 +140,8 @@ def test_step_compiles_once():
     for _ in range(5):
         state, _ = step(state, x)
     assert len(traces) == 1
+
+
+def test_spf_odd_rejects_unknown_choice():
+    with pytest.raises(ValueError, match="odd must be one of"):
+        MS2ANet(4, spf_odd="pad").init(jax.random.key(0), jnp.ones((1, 5, 5, 4)))

@@ -16,6 +16,7 @@ def get_config():
     c.dilations = (1, 2, 4)
     c.kernel_size = 5
     c.ablation = "A3"             # A1 spectral only, A2 spatial only, A3 both
+    c.spf_odd = "crop"            # odd H or W: SPF's x2 upsampling "crop"ped, or "resize"d to H x W
     c.latent = 36                 # AE / CAE code size
     c.keep = "updated"            # lowest loss keeps the parameters after its update (authors' code) | "evaluated"
     c.seeds = (0,)

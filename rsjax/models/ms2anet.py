@@ -92,17 +92,31 @@ class MultiscaleSpatialStream(nn.Module):
         return jnp.concatenate(maps, axis=0)
 
 
+SPF_ODD = ("crop", "resize")   # how SPF returns to H x W when H or W is odd
+
+
 class SPF(nn.Module):
-    """M' -> 1x1 stride-2 conv (d2 filters) -> bilinear x2 upsampling cropped to H x W -> BN -> ReLU."""
+    """M' -> 1x1 stride-2 conv (d2 filters) -> bilinear upsampling back to H x W -> BN -> ReLU.
+
+    The paper upsamples x2, which overshoots an odd H or W by one (the authors' code then fails).
+    ``odd="crop"`` upsamples x2 and drops the extra row/column; ``odd="resize"`` resizes
+    bilinearly straight to H x W (PyTorch's ``nn.Upsample(size=(H, W))``). Both equal the x2
+    upsampling for even sizes."""
     d2: int = 3
+    odd: str = "crop"
 
     @nn.compact
     def __call__(self, m, train: bool = True):
+        if self.odd not in SPF_ODD:
+            raise ValueError(f"odd must be one of {SPF_ODD}, got {self.odd!r}")
         _, b, h, w = m.shape
         y = Conv(self.d2, 1, stride=2, padding="VALID", layout="CNHW", name="conv")(m)   # ceil(H/2) x ceil(W/2)
         hh, ww = y.shape[2:]
-        y = jax.image.resize(y, (self.d2, b, 2 * hh, 2 * ww), "bilinear")    # half-pixel centres, as PyTorch
-        y = y[:, :, :h, :w]                                                  # odd H or W: drop the extra row/column
+        if self.odd == "resize":
+            y = jax.image.resize(y, (self.d2, b, h, w), "bilinear")          # half-pixel centres, as PyTorch
+        else:
+            y = jax.image.resize(y, (self.d2, b, 2 * hh, 2 * ww), "bilinear")
+            y = y[:, :, :h, :w]                                              # odd H or W: drop the extra row/column
         return nn.relu(batch_norm(train, name="bn", axis=0)(y))
 
 
@@ -149,6 +163,7 @@ class MS2ANet(nn.Module):
     dilations: Sequence[int] = (1, 2, 4)
     kernel_size: int = 5
     ablation: str = "A3"
+    spf_odd: str = "crop"         # odd H or W in SPF: "crop" the x2 upsampling, or "resize" to H x W
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -167,7 +182,7 @@ class MS2ANet(nn.Module):
         if spectral is not None:
             parts.append(spectral(x, train, x_soft=scene.soft, conv_out=ys[nsp]))
         if self.ablation in ("A2", "A3"):
-            parts.append(SPF(self.d2, name="spf")(m_prime, train))
+            parts.append(SPF(self.d2, self.spf_odd, name="spf")(m_prime, train))
         ef = jnp.concatenate(parts, axis=0)
         recon = nn.relu(batch_norm(train, name="dec_bn", axis=0)(Conv(self.bands, 3, layout="CNHW", name="dec_conv")(ef)))
         code = parts[0] if self.ablation == "A1" else m_prime

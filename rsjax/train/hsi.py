@@ -41,7 +41,7 @@ class HSIState:
 def build_model(cfg, bands: int) -> nn.Module:
     if cfg.method == "ms2anet":
         return MS2ANet(bands, d1=cfg.d1, d2=cfg.d2, d3=cfg.d3, dilations=tuple(cfg.dilations),
-                       kernel_size=cfg.kernel_size, ablation=cfg.ablation)
+                       kernel_size=cfg.kernel_size, ablation=cfg.ablation, spf_odd=cfg.get("spf_odd", "crop"))
     if cfg.method == "ae":
         return AE(bands, latent=cfg.latent)
     if cfg.method == "cae":
