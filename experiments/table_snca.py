@@ -4,6 +4,7 @@ SNCA-CE(MB), SNCA-CE(MU), SNCA(MB), CE only and Triplet.
 
     python -m experiments.table_snca                                  # defaults below
     python -m experiments.table_snca --methods snca-ce-mb,ce --seeds 1 --epochs 10
+    python -m experiments.table_snca --seeds 3 --epochs 10 --report-only   # table of the finished runs
 
 Every run keeps its own directory under results/snca/runs/ (checkpoints every epoch), so an
 interrupted experiment resumes where it stopped; finished runs are reused. The table goes to
@@ -37,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--out", default="results/snca")
+    ap.add_argument("--report-only", action="store_true",
+                    help="build the table from the finished runs only; train nothing")
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows: dict[str, list[dict]] = {}
@@ -51,6 +54,8 @@ def main(argv=None):
             t0 = time.time()
             if done.exists() and json.loads((workdir / "history.json").read_text())[-1]["epoch"] + 1 >= args.epochs:
                 results = json.loads(done.read_text())
+            elif args.report_only:
+                continue
             else:
                 results = train_run(cfg, workdir, progress=False)
                 print(f"{method:<11} seed {seed}: kNN@10 {results['knn_oa@10']:.2f}  NMI {results['kmeans_nmi']:.2f}  "
