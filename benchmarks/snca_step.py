@@ -222,7 +222,7 @@ def _loss_and_write(bank, f, labels, idx, bank_labels, m):
     """Forward + backward of the SNCA loss w.r.t. ``f`` against ``bank``, then the MB write, the
     write ordered after the backward matmul (which reads the bank) by a data dependency.
 
-    Without it (:func:`_loss_and_write_plain`, the order ``rsjax.train.embed.make_step`` has)
+    Without it (:func:`_loss_and_write_plain`, the plain composition)
     XLA:CPU's copy insertion cannot prove the in-place scatter runs after the gradient's
     ``dlogits @ bank`` and copies the whole bank twice per call, donated or not (an
     ``optimization_barrier`` does not help; ``--xla_cpu_copy_insertion_use_region_analysis=true``
@@ -434,8 +434,8 @@ def print_report(res: dict) -> None:
     print(f"log-log slope of time against N: {s['slope']:.3f} (least squares over all N), "
           f"{s['slope_largest']:.3f} (two largest N); linear = 1, bar <= ~1.1")
     if plain:
-        print("unordered: the write not ordered after the gradient, as make_step composes them "
-              "(XLA:CPU then copies the bank)")
+        print("unordered: the write not ordered after the gradient (XLA:CPU then copies the bank; "
+              "rsjax.train.embed.make_step orders it)")
     print(f"total {res['total_s']:.0f} s")
 
 
