@@ -19,16 +19,25 @@ import jax.numpy as jnp
 import optax
 
 
-def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Row-wise ``log sum_{mask} exp(x)``; ``-inf`` (with a zero gradient) for empty rows.
 
-    Returns the values and whether each row had any entry. Empty rows are computed on a
-    dummy finite row and then replaced, so no NaN reaches the gradient (the double-where trick).
+    Empty rows are computed on a dummy finite row and then replaced, so no NaN reaches the
+    gradient (the double-where trick).
     """
     any_ = jnp.any(mask, axis=-1)
     safe = jnp.where(mask, x, jnp.where(any_[:, None], -jnp.inf, 0.0))
     lse = jax.nn.logsumexp(safe, axis=-1)
-    return jnp.where(any_, lse, -jnp.inf), any_
+    return jnp.where(any_, lse, -jnp.inf)
+
+
+def _snca_log_p(lse_pos, lse_neg, sigma, margin):
+    """``log p_i`` from the log-masses of the positive and negative rows (``-inf`` when empty),
+    and whether it is defined (a positive row exists); 0 where it is not, with a zero gradient."""
+    has_pos = jnp.isfinite(lse_pos)
+    log_pos = jnp.where(has_pos, lse_pos, 0.0) - margin / sigma
+    log_p = jnp.where(has_pos, log_pos - jnp.logaddexp(log_pos, lse_neg), 0.0)
+    return log_p, has_pos
 
 
 def snca_log_prob(f: jax.Array, labels: jax.Array, idx: jax.Array, bank: jax.Array,
@@ -50,11 +59,9 @@ def snca_log_prob(f: jax.Array, labels: jax.Array, idx: jax.Array, bank: jax.Arr
     n = bank.shape[0]
     not_self = jnp.arange(n)[None, :] != idx[:, None]
     same = bank_labels[None, :] == labels[:, None]
-    log_pos, has_pos = _masked_logsumexp(logits, same & not_self)
-    log_neg, _ = _masked_logsumexp(logits, (~same) & not_self)
-    log_pos = log_pos - margin / sigma
-    log_p = log_pos - jnp.logaddexp(log_pos, log_neg)
-    return jnp.where(has_pos, log_p, 0.0), has_pos
+    log_pos = _masked_logsumexp(logits, same & not_self)
+    log_neg = _masked_logsumexp(logits, (~same) & not_self)
+    return _snca_log_p(log_pos, log_neg, sigma, margin)
 
 
 SNCA_BLOCK = 4096   # bank rows per block of the blocked SNCA path (B x block logits stay in cache)
@@ -136,13 +143,6 @@ def _snca_blocked_lse(f, labels, idx, bank, bank_labels, sigma, block):
     return lse(mp, ap), lse(mn, an)
 
 
-def _snca_blocked_terms(lse_pos, lse_neg, sigma, margin):
-    has_pos = jnp.isfinite(lse_pos)
-    log_pos = jnp.where(has_pos, lse_pos, 0.0) - margin / sigma
-    log_p = jnp.where(has_pos, log_pos - jnp.logaddexp(log_pos, lse_neg), 0.0)
-    return log_p, has_pos
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def snca_loss_blocked(f, labels, idx, bank, bank_labels, sigma: float, margin: float = 0.0,
                       block_size: int = SNCA_BLOCK):
@@ -159,14 +159,14 @@ def _snca_blocked_fwd(f, labels, idx, bank, bank_labels, sigma, margin, block_si
     block = min(int(block_size), bank.shape[0])
     bank = jax.lax.stop_gradient(bank)
     lse_pos, lse_neg = _snca_blocked_lse(f, labels, idx, bank, bank_labels, sigma, block)
-    log_p, _ = _snca_blocked_terms(lse_pos, lse_neg, sigma, margin)
+    log_p, _ = _snca_log_p(lse_pos, lse_neg, sigma, margin)
     return -jnp.sum(log_p) / f.shape[0], (f, labels, idx, bank, bank_labels, lse_pos, lse_neg)
 
 
 def _snca_blocked_bwd(sigma, margin, block_size, res, ct):
     f, labels, idx, bank, bank_labels, lse_pos, lse_neg = res
     block = min(int(block_size), bank.shape[0])
-    log_p, has_pos = _snca_blocked_terms(lse_pos, lse_neg, sigma, margin)
+    log_p, has_pos = _snca_log_p(lse_pos, lse_neg, sigma, margin)
     one_minus_p = jnp.where(has_pos, -jnp.expm1(log_p), 0.0)
     lp = jnp.where(has_pos, lse_pos, 0.0)[:, None]
     ln = jnp.where(jnp.isfinite(lse_neg), lse_neg, 0.0)[:, None]

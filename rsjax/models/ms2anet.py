@@ -67,9 +67,9 @@ def _bias(y, b):
 class MultiscaleSpatialStream(nn.Module):
     """Three dilated k x k convolutions (d1 filters each) + BN + ReLU, concatenated into M' (CNHW).
 
-    The convolutions read the same input and run as one GEMM; :meth:`convs` gives their
-    parameters so that :class:`MS2ANet` can add the spectral stream's convolution to that GEMM
-    and pass the outputs in (``conv_out``)."""
+    The convolutions read the same input and run as one GEMM: :meth:`convs` gives their
+    parameters, :class:`MS2ANet` adds the spectral stream's convolution to that GEMM and passes
+    the outputs (without bias) in as ``conv_out``."""
     d1: int = 12
     dilations: Sequence[int] = (1, 2, 4)
     kernel_size: int = 5
@@ -83,10 +83,8 @@ class MultiscaleSpatialStream(nn.Module):
         """[(kernel, bias, dilation)] of the convolutions."""
         return [(*getattr(self, f"conv_l{rate}")(in_features), rate) for rate in self.dilations]
 
-    def __call__(self, x, train: bool = True, conv_out=None):
+    def __call__(self, x, train: bool = True, *, conv_out):
         convs = self.convs(x.shape[0])
-        if conv_out is None:
-            conv_out = conv_same_multi(x, tuple(k.astype(x.dtype) for k, _, _ in convs), tuple(self.dilations))
         maps = [nn.relu(getattr(self, f"bn_l{rate}")(_bias(y, b), use_running_average=not train))
                 for y, (_, b, rate) in zip(conv_out, convs)]
         return jnp.concatenate(maps, axis=0)
@@ -123,8 +121,9 @@ class SPF(nn.Module):
 class SpectralAssociationStream(nn.Module):
     """F = softmax_c(ReLU(BN(conv3x3(X)))); SA = softmax_D(X)^T F; SAF = X SA.
 
-    ``x`` is CNHW. ``x_soft`` (N, D, H*W), the softmax of X over bands, and ``conv_out``, the
-    3 x 3 convolution of X without bias (see :meth:`convs`), are computed here unless given."""
+    ``x`` is CNHW; ``x_soft`` (N, D, H*W) is the softmax of X over bands
+    (:class:`PreparedScene`) and ``conv_out`` the 3 x 3 convolution of X without bias (see
+    :meth:`convs`), both computed by :class:`MS2ANet`."""
     d3: int = 3
 
     def setup(self):
@@ -134,18 +133,14 @@ class SpectralAssociationStream(nn.Module):
     def convs(self, in_features: int):
         return [(*self.conv(in_features), 1)]
 
-    def __call__(self, x, train: bool = True, x_soft=None, conv_out=None):
+    def __call__(self, x, train: bool = True, *, x_soft, conv_out):
         d, b, h, w = x.shape
-        (kernel, bias, _), = self.convs(d)
-        if conv_out is None:
-            conv_out, = conv_same_multi(x, (kernel.astype(x.dtype),), (1,))
+        (_, bias, _), = self.convs(d)
         f = nn.relu(self.bn(_bias(conv_out, bias), use_running_average=not train))
         # per image: (N, C, pixels), a free reshape for N = 1, so the products below are plain GEMMs
         per_image = lambda a: a.reshape(a.shape[0], b, h * w).transpose(1, 0, 2)
         f = _softmax_few(per_image(f), axis=1)                              # F, per pixel over channels
         x_flat = per_image(x)
-        if x_soft is None:
-            x_soft = jax.nn.softmax(x_flat, axis=1)                          # per pixel over bands
         sa = x_soft @ f.transpose(0, 2, 1)                                   # SA: D x d3
         saf = sa.transpose(0, 2, 1) @ x_flat                                 # SAF: d3 x pixels
         return saf.transpose(1, 0, 2).reshape(self.d3, b, h, w)
