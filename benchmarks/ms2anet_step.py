@@ -21,13 +21,14 @@ import argparse
 import functools
 import json
 import os
-import platform
 import resource
 import sys
 import threading
 import time
 
 import numpy as np
+
+from benchmarks.common import machine
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -85,25 +86,6 @@ def gemm_peak(n: int = 2048, reps: int = 3) -> dict:
     out = {"gemm_n": n, "jnp_gflops": flops / np.median(tj) / 1e9, "numpy_gflops": flops / np.median(tn) / 1e9}
     out["peak_gflops"] = max(out["jnp_gflops"], out["numpy_gflops"])
     return out
-
-
-def machine() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import flax
-    import jax
-    import optax
-    import torch
-    return {"cpu": model, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 # ----------------------------------------------------------------------------- one shape

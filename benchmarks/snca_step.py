@@ -36,18 +36,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmarks.common import machine
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
 METHODS = ("snca-ce-mb", "snca-ce-mu")
@@ -340,26 +339,6 @@ def snca_bank_scaling(ns=(1_000, 10_000, 100_000, 1_000_000), *, dim: int = DIM,
 
 # ----------------------------------------------------------------------------- report
 
-def _machine() -> dict:
-    import jax
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:
-        pass
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = float("nan")
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
-            "jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "jax_backend": jax.default_backend(), "load_avg_1min_start": load,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-
-
 def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_rep=None, ns=None,
         torch_1thread: bool = True) -> dict:
     """Both parts; returns one dict with every figure (what ``--json`` prints)."""
@@ -367,7 +346,7 @@ def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_r
     torch.set_num_threads(os.cpu_count() or 1)
     sizes = tuple(sizes or ((64,) if quick else (64, 128)))
     ns = tuple(ns or ((1_000, 10_000, 100_000) if quick else (1_000, 10_000, 100_000, 1_000_000)))
-    out = {"benchmark": "snca_step", "quick": bool(quick), "machine": _machine(), "steps": []}
+    out = {"benchmark": "snca_step", "quick": bool(quick), "machine": machine(), "steps": []}
     t_start = time.perf_counter()
     for size in sizes:
         r = reps or (3 if quick else (5 if size <= 64 else 3))
