@@ -1,4 +1,6 @@
-"""MS2A-Net in PyTorch (eager, NCHW): the same math as ``rsjax.models.ms2anet``, for the speed benchmark.
+"""MS2A-Net in PyTorch (eager, NCHW): the same math as ``rsjax.models.ms2anet``, for the speed
+benchmark and for ``experiments/reference_torch.py`` (the reference math run from PyTorch's own
+initialisation).
 
 It mirrors tests/test_ms2anet.py's functional reference as an ``nn.Module`` with PyTorch's
 default layers (Conv2d, BatchNorm2d in training mode) and can load rsjax's parameters, so the
@@ -13,9 +15,10 @@ from torch import nn
 
 
 class TorchMS2ANet(nn.Module):
-    def __init__(self, bands: int, d1: int = 12, d2: int = 3, d3: int = 3, dilations=(1, 2, 4), kernel_size: int = 5):
+    def __init__(self, bands: int, d1: int = 12, d2: int = 3, d3: int = 3, dilations=(1, 2, 4), kernel_size: int = 5,
+                 spf_odd: str = "crop"):
         super().__init__()
-        self.dilations = tuple(dilations)
+        self.dilations, self.spf_odd = tuple(dilations), spf_odd
         k = kernel_size
         self.spatial = nn.ModuleList(nn.Conv2d(bands, d1, k, padding=r * (k // 2), dilation=r) for r in self.dilations)
         self.spatial_bn = nn.ModuleList(nn.BatchNorm2d(d1, eps=1e-5, momentum=0.1) for _ in self.dilations)
@@ -29,7 +32,11 @@ class TorchMS2ANet(nn.Module):
     def forward(self, x):                                           # x: 1, D, H, W
         b, d, h, w = x.shape
         m = torch.cat([F.relu(bn(conv(x))) for conv, bn in zip(self.spatial, self.spatial_bn)], 1)   # M'
-        y = F.interpolate(self.spf_conv(m), scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
+        y = self.spf_conv(m)
+        if self.spf_odd == "resize":                                # nn.Upsample(size=(H, W))
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        else:                                                       # x2, extra row/column dropped
+            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
         spf = F.relu(self.spf_bn(y))
         f = F.relu(self.spec_bn(self.spec_conv(x))).reshape(b, -1, h * w)
         f = torch.softmax(f, dim=1)                                 # F: per pixel over channels

@@ -58,3 +58,30 @@ def test_bench_shape_tiny_runs_both_frameworks():
                 "ratio_chunk", "ratio_step", "rsjax_compile_chunk_s", "rss_peak_rsjax_bytes", "rss_peak_torch_bytes"):
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert r["ratio_chunk"] == pytest.approx(r["rsjax_chunk_s_per_iter"] / r["torch_s_per_iter"])
+
+
+@pytest.mark.parametrize("spf_odd", ["crop", "resize"])
+def test_torch_module_computes_rsjax_loss(spf_odd):
+    """benchmarks/torch_ms2anet.py (timed by the benchmark, trained by experiments/reference_torch.py)
+    computes rsjax's loss from rsjax's parameters, odd H and W included."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_ms2anet import TorchMS2ANet
+    from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
+    from rsjax.train.hsi import apply_model
+    x = jax.random.uniform(jax.random.key(0), (1, 7, 9, 5))
+    model = MS2ANet(5, spf_odd=spf_odd)
+    variables = model.init(jax.random.key(1), x)
+    out, _ = apply_model(model, variables["params"], variables["batch_stats"], x)
+    tm = TorchMS2ANet(5, spf_odd=spf_odd).load_rsjax(variables["params"])
+    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(float(tm.loss(xt, 0.1)), float(ms2anet_loss(x, out, 0.1)), rtol=1e-5)
+
+
+def test_reference_torch_training_is_seeded():
+    pytest.importorskip("torch")
+    from experiments.reference_torch import train_torch
+    cube = np.random.default_rng(0).random((7, 9, 5), dtype=np.float32)
+    a, b, c = (train_torch(cube, seed, iters=3, threads=1) for seed in (0, 0, 1))
+    assert a.shape == (7, 9, 36) and np.all(a >= 0)      # M' after ReLU
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

@@ -9,15 +9,16 @@ from jax import lax
 from rsjax.models.resnet import Conv, ResNet, conv_im2col, max_pool
 
 
-@settings(max_examples=10)
-@given(h=st.integers(1, 11), w=st.integers(1, 11), k=st.sampled_from([1, 3, 7]), stride=st.sampled_from([1, 2]),
-       pad=st.integers(0, 3), seed=st.integers(0, 999))
-def test_conv_im2col_equals_lax(h, w, k, stride, pad, seed):
+@settings(max_examples=14)
+@given(h=st.integers(1, 11), w=st.integers(1, 11), k=st.sampled_from([1, 3, 7]), stride=st.sampled_from([1, 2, 3]),
+       pad=st.integers(0, 3), cin=st.sampled_from([3, 8]), seed=st.integers(0, 999))
+def test_conv_im2col_equals_lax(h, w, k, stride, pad, cin, seed):
+    """Both patch gatherings: strided slices (8 channels) and stride blocks (the stem's 3)."""
     if h + 2 * pad < k or w + 2 * pad < k:
         return
     kx, kw, kg = jax.random.split(jax.random.key(seed), 3)
-    x = jax.random.normal(kx, (2, h, w, 3))
-    kernel = jax.random.normal(kw, (k, k, 3, 4))
+    x = jax.random.normal(kx, (2, h, w, cin))
+    kernel = jax.random.normal(kw, (k, k, cin, 4))
     padding = ((pad, pad), (pad, pad))
     ref = lambda x, kern: lax.conv_general_dilated(x, kern, (stride, stride), padding,
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -30,19 +31,24 @@ def test_conv_im2col_equals_lax(h, w, k, stride, pad, seed):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
-@settings(max_examples=10)
-@given(h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 999), relu=st.booleans())
-def test_max_pool_equals_xla_including_ties(h, w, seed, relu):
-    """Same values, and the gradient goes to the first maximum (ReLU zeros make many ties)."""
+@settings(max_examples=12)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 999), relu=st.booleans(),
+       window=st.sampled_from([(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (3, 3, 0)]))
+def test_max_pool_equals_xla_including_ties(h, w, seed, relu, window):
+    """Same values, and the gradient goes to the first maximum (ReLU zeros make many ties), for the
+    ResNet's 3/2/1 pooling and other window/stride/padding combinations."""
+    k, s, p = window
+    if h + 2 * p < k or w + 2 * p < k:
+        return
     x = jax.random.normal(jax.random.key(seed), (2, h, w, 3))
     if relu:
         x = jnp.maximum(x, 0)
-    ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    ref = lambda x: nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
     out = ref(x)
-    np.testing.assert_array_equal(max_pool(x, 3, 2, 1), out)
+    np.testing.assert_array_equal(max_pool(x, k, s, p), out)
     weights = jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape)
     g_ref = jax.grad(lambda x: jnp.sum(ref(x) * weights))(x)
-    g_fast = jax.grad(lambda x: jnp.sum(max_pool(x, 3, 2, 1) * weights))(x)
+    g_fast = jax.grad(lambda x: jnp.sum(max_pool(x, k, s, p) * weights))(x)
     np.testing.assert_array_equal(g_fast, g_ref)
 
 
