@@ -37,6 +37,9 @@ def main(argv=None):
     ap.add_argument("--spf-odd", default="crop", choices=("crop", "resize"),
                     help="SPF on odd H or W: crop the x2 upsampling or resize to H x W (rsjax.models.ms2anet.SPF)")
     ap.add_argument("--out", default="results/clustering")
+    ap.add_argument("--torch-reference", default=None,
+                    help="folder of experiments/reference_torch.py results to compare with "
+                         "(default: results/reference_torch for crop, results/reference_torch_resize for resize)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +68,13 @@ def main(argv=None):
 
 
 def format_markdown(results: dict, args) -> str:
-    lines = [f"Seeds: {args.seeds}; iterations: {args.iters}; command: "
-             f"`python -m experiments.table_clustering --seeds {args.seeds} --iters {args.iters} --keep {args.keep} "
-             f"--spf-odd {args.spf_odd}`.",
+    command = (f"python -m experiments.table_clustering --seeds {args.seeds} --iters {args.iters} --keep {args.keep} "
+               f"--spf-odd {args.spf_odd}")
+    if args.methods != ",".join(METHODS):
+        command += f" --methods {args.methods}"
+    if args.out != "results/clustering":
+        command += f" --out {args.out}"
+    lines = [f"Seeds: {args.seeds}; iterations: {args.iters}; command: `{command}`.",
              "Deep models keep the parameters of their lowest-loss iteration: 'updated' = right after its Adam "
              "update (the authors' code), 'evaluated' = the ones that scored it (column keep; rows computed "
              "before the option existed used 'evaluated').",
@@ -81,11 +88,19 @@ def format_markdown(results: dict, args) -> str:
                      f"{cell('NMI', '.3f')} | {cell('ARI', '.3f')} | {cell('time', '.1f')} |")
     lines += ["", "Reference: the authors' MS2A-Net math on the same 2-core machine, 3 seeds (issue #2): "
               + ", ".join(f"{k} OA {m} +/- {sd}" for k, (m, sd) in REFERENCE_OA.items()) + "."]
+    torch_dir = Path(args.torch_reference or ("results/reference_torch" if args.spf_odd == "crop"
+                                              else f"results/reference_torch_{args.spf_odd}"))
     for scene, (m, sd) in REFERENCE_OA.items():
         if (scene, "ms2anet") in results:
-            oa = results[(scene, "ms2anet")]["summary"]["OA"]["mean"]
-            verdict = "within" if abs(oa - m) <= sd else "OUTSIDE"
-            lines.append(f"- {scene}: rsjax MS2A-Net mean OA {oa:.2f} is {verdict} one reference std ({m} +/- {sd}).")
+            oa = results[(scene, "ms2anet")]["summary"]["OA"]
+            verdict = "within" if abs(oa["mean"] - m) <= sd else "OUTSIDE"
+            line = f"- {scene}: rsjax MS2A-Net mean OA {oa['mean']:.2f} is {verdict} one reference std ({m} +/- {sd})"
+            torch_path = torch_dir / f"{scene}.json"
+            if torch_path.exists():    # the same math in PyTorch, its own initialisation, the same seeds
+                t = json.loads(torch_path.read_text())
+                line += (f"; the same math in PyTorch (experiments/reference_torch.py, spf_odd {t['spf_odd']}, "
+                         f"{len(t['seeds'])} seeds): {t['summary']['OA']['mean']:.2f} +/- {t['summary']['OA']['std']:.2f}")
+            lines.append(line + ".")
     return "\n".join(lines) + "\n"
 
 
