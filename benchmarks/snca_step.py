@@ -47,6 +47,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine
+from rsjax.hostmem import keep_freed_memory
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
 METHODS = ("snca-ce-mb", "snca-ce-mu")
@@ -434,8 +435,10 @@ def main(argv=None) -> int:
     # it several times slower. Passive waiting unless the caller chose (read when torch loads).
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    host_malloc = keep_freed_memory()
     res = run(quick=a.quick, sizes=a.sizes, methods=tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
               ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread)
+    res["host_malloc"] = host_malloc
     if a.json:
         print(json.dumps(res))
     else:

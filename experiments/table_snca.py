@@ -23,6 +23,7 @@ import numpy as np
 
 from rsjax import configs
 from rsjax.embedding import train_run
+from rsjax.hostmem import keep_freed_memory
 
 METHODS = ("snca-ce-mb", "snca-ce-mu", "snca-mb", "ce", "triplet")
 COLUMNS = ("knn_oa@1", "knn_oa@5", "knn_oa@10", "kmeans_nmi", "kmeans_acc", "map", "map@r")
@@ -41,6 +42,7 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true",
                     help="build the table from the finished runs only; train nothing")
     args = ap.parse_args(argv)
+    keep_freed_memory()
     out = Path(args.out)
     rows: dict[str, list[dict]] = {}
     histories, curves = {}, {}

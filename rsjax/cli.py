@@ -8,6 +8,7 @@ import sys
 
 from rsjax.data.paths import DataError
 from rsjax.embed_cli import add_embed_parser
+from rsjax.hostmem import keep_freed_memory
 
 
 def _seeds(text: str) -> list[int]:
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()       # before JAX starts: step buffers reused, not faulted in every step
     try:
         return args.func(args)
     except (DataError, FileNotFoundError) as e:
