@@ -1,4 +1,5 @@
-"""conv_taps (GEMM over taps + shifted adds, or im2col) equals lax.conv_general_dilated."""
+"""conv_taps (GEMM over taps + shifted adds, or im2col) equals lax.conv_general_dilated; the GEMM
+transpose equals a transpose exactly."""
 import jax
 import pytest
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from rsjax.models.layers import Conv, conv_taps
+from rsjax.models.layers import Conv, conv_taps, transpose_by_gemm
 
 
 def lax_conv(x, kernel, dilation):
@@ -82,3 +83,11 @@ def test_conv_module_cnhw_layout_equals_nhwc_lax(kwargs):
     params = ref.init(jax.random.key(1), x)
     y = Conv(**kwargs, layout="CNHW").apply(params, x.transpose(3, 0, 1, 2))
     np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref.apply(params, x), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=10)
+@given(m=st.integers(1, 300), c=st.integers(1, 70), scale=st.sampled_from([1e-30, 1.0, 1e30]), seed=st.integers(0, 2**16))
+def test_transpose_by_gemm_is_exact(m, c, scale, seed):
+    """Bit for bit, over magnitudes from 1e-30 to 1e30 (one product by 1 per value, the rest zeros)."""
+    a = jax.random.normal(jax.random.key(seed), (m, c)) * scale
+    np.testing.assert_array_equal(np.asarray(jax.jit(transpose_by_gemm)(a)), np.asarray(a).T)

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rsjax.models.layers import Conv, ConvParams, batch_norm, conv_same_multi
+from rsjax.models.layers import Conv, ConvParams, batch_norm, conv_same_multi, transpose_by_gemm
 
 ABLATIONS = ("A1", "A2", "A3")  # A1 spectral stream only, A2 spatial only, A3 both (the paper's model)
 
@@ -41,8 +41,9 @@ class PreparedScene:
 
 def prepare_scene(x: jax.Array) -> PreparedScene:
     n, h, w, d = x.shape
-    cnhw = x.transpose(3, 0, 1, 2)
-    soft = jax.nn.softmax(cnhw.reshape(d, n, h * w), axis=0).transpose(1, 0, 2)   # a free transpose for N = 1
+    pixels = x.reshape(n * h * w, d)          # bands contiguous: the softmax reduces along rows
+    cnhw = transpose_by_gemm(pixels).reshape(d, n, h, w)
+    soft = transpose_by_gemm(jax.nn.softmax(pixels, axis=-1)).reshape(d, n, h * w).transpose(1, 0, 2)  # free for N = 1
     return PreparedScene(cnhw=cnhw, soft=soft, band_mean=x.mean(-1))
 
 

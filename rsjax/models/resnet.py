@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsjax.bank import l2_normalize
-from rsjax.models.layers import torch_uniform
+from rsjax.models.layers import torch_uniform, transpose_by_gemm
 
 ModuleDef = Any
 
@@ -69,8 +69,8 @@ def _patch_gemm(p: jax.Array, w: jax.Array) -> jax.Array:
     path, which takes row-major ``(M, K) @ (K, N)`` operands (or a right operand contracted on its
     last axis) but not a left operand contracted on its first axis. The kernel gradient
     ``patches^T @ g`` contracts both over the B Ho Wo rows, so it is computed as
-    ``g^T @ patches`` (Cout, K), with ``g^T`` made by a GEMM with the identity,
-    ``eye(Cout) @ g^T`` (exact: one product by 1 per value). Left to autodiff, XLA transposed
+    ``g^T @ patches`` (Cout, K), with ``g^T`` made by a GEMM with the identity
+    (:func:`rsjax.models.layers.transpose_by_gemm`). Left to autodiff, XLA transposed
     ``g`` inside the BatchNorm-backward fusion, an untiled strided copy (13 ms for 4 MB in the
     64 px step), and ran the product on its general path: SNCA-CE step 0.470 -> 0.39 s
     (64 px, batch 64, 2-core Xeon; benchmarks/README.md)."""
@@ -84,8 +84,7 @@ def _patch_gemm_fwd(p, w):
 def _patch_gemm_bwd(res, g):
     p, w = res
     kh, kw, cin, cout = w.shape
-    g_t = lax.dot_general(jnp.eye(cout, dtype=g.dtype), g.reshape(-1, cout), (((1,), (1,)), ((), ())))
-    dw_t = g_t @ p.reshape(-1, p.shape[-1])                                    # (Cout, K)
+    dw_t = transpose_by_gemm(g.reshape(-1, cout)) @ p.reshape(-1, p.shape[-1])   # (Cout, K)
     dp = lax.dot_general(g, w.reshape(-1, cout), (((3,), (1,)), ((), ())))    # (B, Ho, Wo, K)
     return dp, dw_t.reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
 
