@@ -29,7 +29,6 @@ import time
 import numpy as np
 
 from benchmarks.common import machine
-from rsjax.hostmem import keep_freed_memory
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -212,7 +211,6 @@ def main(argv=None) -> int:
                                                            "timing (default 4, quick 2)")
     p.add_argument("--shapes", default="trento,salinas-a", help="comma-separated: trento, salinas-a")
     args = p.parse_args(argv)
-    host_malloc = keep_freed_memory()     # both frameworks run in this process under the same settings
     reps = args.reps or (1 if args.quick else 5)
     chunk = args.chunk or (2 if args.quick else 4)
 
@@ -221,7 +219,7 @@ def main(argv=None) -> int:
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True)) if args.json else \
         (lambda *a, **k: print(*a, **k, flush=True))
 
-    result = {"benchmark": "ms2anet_step", "quick": args.quick, "machine": machine(), "host_malloc": host_malloc}
+    result = {"benchmark": "ms2anet_step", "quick": args.quick, "machine": machine()}
     result["gemm_before"] = gemm_peak(1024 if args.quick else 2048)
     log(f"GEMM peak now: {result['gemm_before']['peak_gflops']:.1f} GFLOP/s")
     shapes = {}

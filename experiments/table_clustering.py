@@ -19,7 +19,6 @@ from pathlib import Path
 from rsjax import configs
 from rsjax.cluster import run
 from rsjax.data.hsi import load_scene
-from rsjax.hostmem import keep_freed_memory
 
 SCENES = ("salinas-a", "indian-pines-subset", "samson")
 METHODS = ("kmeans", "ae", "cae", "ms2anet")
@@ -42,7 +41,6 @@ def main(argv=None):
                     help="folder of experiments/reference_torch.py results to compare with "
                          "(default: results/reference_torch for crop, results/reference_torch_resize for resize)")
     args = ap.parse_args(argv)
-    keep_freed_memory()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()       # before JAX starts: step buffers reused, not faulted in every step
+    if args.command == "embed":   # before JAX starts: SNCA-CE step buffers reused, not faulted in every step
+        keep_freed_memory(warn_if_late=False)    # called in-process after JAX started (tests): nothing to do
     try:
         return args.func(args)
     except (DataError, FileNotFoundError) as e:

@@ -11,8 +11,13 @@ without them (a 2-core Xeon, 2026-11-26; ``benchmarks/README.md``).
 :func:`keep_freed_memory` tells glibc to serve all threads from the main heap (one arena), never
 to use ``mmap`` and never to trim the heap, so a freed step buffer is reused by the next step. It
 must run before JAX starts its CPU backend (the worker threads pick their arena at their first
-allocation); the command-line tools, experiments and benchmarks call it first thing. Memory the
-process has used stays reserved for it until it exits, which is what a training process wants.
+allocation). Memory the process has used stays reserved for it until it exits.
+
+It is a trade: with one arena XLA's multi-threaded compiler contends for the heap lock (the
+SNCA-CE step compiles in 8.5 s instead of 5.2 s), and small steps gain nothing (MS2A-Net on
+Salinas-A: 42 instead of 39 ms per iteration, its temporaries are 54 MB). So it is applied where
+large step buffers repeat thousands of times: ``rsjax embed``, ``experiments/table_snca.py`` and
+``benchmarks/snca_step.py`` call it first thing; ``rsjax cluster`` does not.
 ``RSJAX_MALLOC=system`` leaves glibc's defaults alone. Elsewhere than Linux with glibc this does
 nothing; an allocator preloaded with ``LD_PRELOAD`` (tcmalloc, jemalloc) is left alone as well.
 """
@@ -31,9 +36,10 @@ _NEVER_TRIM = 2**31 - 1          # mallopt takes an int: 2 GB of free heap top b
 _applied: dict | None = None
 
 
-def keep_freed_memory() -> dict | None:
+def keep_freed_memory(warn_if_late: bool = True) -> dict | None:
     """Apply the glibc settings above once per process; returns what was set, or None when
-    nothing was (not glibc, opted out, another allocator preloaded, or JAX already started)."""
+    nothing was (not glibc, opted out, another allocator preloaded, or JAX already started: then
+    a RuntimeWarning says so unless ``warn_if_late`` is False)."""
     global _applied
     if _applied is not None:
         return _applied
@@ -44,10 +50,11 @@ def keep_freed_memory() -> dict | None:
     if "jax" in sys.modules:
         from jax._src import xla_bridge
         if xla_bridge.backends_are_initialized():
-            warnings.warn("rsjax.hostmem.keep_freed_memory() called after JAX started its backend: its "
-                          "threads keep glibc's per-thread arenas, so step buffers are still returned to the "
-                          "kernel and faulted back in every step. Call it before the first JAX operation.",
-                          RuntimeWarning, stacklevel=2)
+            if warn_if_late:
+                warnings.warn("rsjax.hostmem.keep_freed_memory() called after JAX started its backend: its "
+                              "threads keep glibc's per-thread arenas, so step buffers are still returned to the "
+                              "kernel and faulted back in every step. Call it before the first JAX operation.",
+                              RuntimeWarning, stacklevel=2)
             return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
