@@ -49,7 +49,7 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     A strided convolution of a few channels (the stem: 7 x 7, stride 2, on RGB) gathers its
     patches as plain slices of stride-blocks (:func:`_column_block_patches`): 32 slices of 6
     contiguous values instead of 49 strided slices of 3, which cost more than the GEMM itself."""
-    kh, kw, cin, cout = kernel.shape
+    kh, kw, cin, _ = kernel.shape
     (pt, pb), (pl, pr) = padding
     sh, sw = strides
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
