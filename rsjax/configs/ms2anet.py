@@ -17,6 +17,7 @@ def get_config():
     c.kernel_size = 5
     c.ablation = "A3"             # A1 spectral only, A2 spatial only, A3 both
     c.spf_odd = "crop"            # odd H or W: SPF's x2 upsampling "crop"ped, or "resize"d to H x W
+    c.dtype = "float32"           # of the convolutions: float32 | bfloat16 (mixed precision, for GPUs)
     c.latent = 36                 # AE / CAE code size
     c.keep = "updated"            # lowest loss keeps the parameters after its update (authors' code) | "evaluated"
     c.seeds = (0,)

@@ -20,6 +20,7 @@ def get_config():
     c.dim = 128                   # D
     c.num_classes = 0             # C; 0 = from the training labels
     c.pretrained = ""             # path of a torchvision resnet18 state_dict (.pth); "" = from scratch
+    c.dtype = "float32"           # of the convolutions and FC layers: float32 | bfloat16 (mixed precision, for GPUs)
 
     # Data and optimisation: SGD, Nesterov momentum 0.9, weight decay 1e-4, lr halved every 30 epochs.
     c.image_size = 256

@@ -13,9 +13,13 @@ the whole-image Z (taps times the output) is never stored; the gradient is the s
 backwards. When ``Cin < Cout`` the inputs are gathered instead (im2col,
 ``(Cout, taps * Cin) @ (taps * Cin, pixels)``), which moves less data. On CPU these run at GEMM
 speed, where XLA's (dilated) convolution does not (its weight gradient is ~100x slower).
+
+Those GEMM forms are written for XLA:CPU. On a GPU (or TPU) XLA's own convolution (cuDNN) is the
+fast one, so :func:`gemm_forms` picks per backend; ``RSJAX_CONV=gemm|xla`` overrides it.
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Sequence
 
@@ -25,15 +29,48 @@ import jax.numpy as jnp
 from jax import lax
 
 
+CONV_CHOICES = ("auto", "gemm", "xla")
+
+
+def gemm_forms() -> bool:
+    """Whether rsjax computes convolutions (and the transposes around them) in its GEMM forms
+    (:func:`conv_same_multi`, :func:`transpose_by_gemm`, :class:`rsjax.models.resnet.Conv`) or
+    with XLA's own convolution and transpose.
+
+    Read when a function is traced, from the environment variable ``RSJAX_CONV``: ``auto``
+    (default: the GEMM forms on the CPU backend, XLA's on GPU and TPU, where cuDNN's convolutions
+    are the fast ones), ``gemm`` or ``xla``. Both compute the same function (tests)."""
+    choice = os.environ.get("RSJAX_CONV", "auto").strip().lower() or "auto"
+    if choice not in CONV_CHOICES:
+        raise ValueError(f"RSJAX_CONV={choice!r} is not one of {', '.join(CONV_CHOICES)}; "
+                         "unset it (auto: the GEMM forms on CPU, XLA's convolutions elsewhere)")
+    return jax.default_backend() == "cpu" if choice == "auto" else choice == "gemm"
+
+
 def transpose_by_gemm(a: jax.Array) -> jax.Array:
     """``a.T`` for a 2-D ``(M, C)`` array, computed as the GEMM ``eye(C) @ a^T`` (the right operand
-    contracted on its last axis), exact for finite values (one product by 1 per value).
+    contracted on its last axis) at full precision, exact for finite values (one product by 1 per
+    value); a plain transpose when :func:`gemm_forms` is off.
 
     XLA:CPU runs this on its fast GEMM path, while its own transposes of large arrays are untiled
     strided copies, several times slower again when an elementwise producer is fused into them:
     13 ms for a 4 MB BatchNorm gradient of the SNCA-CE step, 74 ms for the softmax over the 63
     bands of a 166 x 600 scene computed along the strided axis."""
-    return lax.dot_general(jnp.eye(a.shape[1], dtype=a.dtype), a, (((1,), (1,)), ((), ())))
+    if not gemm_forms():
+        return a.T
+    return lax.dot_general(jnp.eye(a.shape[1], dtype=a.dtype), a, (((1,), (1,)), ((), ())),
+                           precision=lax.Precision.HIGHEST)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name) -> jnp.dtype:
+    """The computation type a config names: ``float32``, or ``bfloat16`` for mixed precision
+    (bfloat16 convolutions and matrix products; float32 parameters, BatchNorm statistics, loss)."""
+    if str(name) not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype {name!r} is not supported: use one of {', '.join(COMPUTE_DTYPES)}")
+    return jnp.dtype(str(name))
 
 
 def torch_uniform(fan_in: int):
@@ -84,10 +121,10 @@ def _bands(x: jax.Array, kernels, dilations, band_rows: int | None):
     return b, -(-h // b), halos, max(halos)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_same_multi(x: jax.Array, kernels: tuple, dilations: tuple, band_rows: int | None = None) -> tuple:
     """Stride-1 'same' convolutions (odd square HWIO kernels, no bias) of one channels-first input
-    ``x`` (Cin, N, H, W), all from one GEMM; returns a tuple of (Cout_i, N, H, W).
+    ``x`` (Cin, N, H, W), all from one GEMM (:func:`gemm_forms`; else one XLA convolution each);
+    returns a tuple of (Cout_i, N, H, W).
 
     A ``lax.scan`` over bands of ``band_rows`` image rows (default: about ``BAND_BYTES`` of Z per
     band) computes ``Z = [W_1; W_2; ...] @ X_band`` for the band (X zero-padded by the largest
@@ -98,6 +135,21 @@ def conv_same_multi(x: jax.Array, kernels: tuple, dilations: tuple, band_rows: i
     ``dW += dZ_band X_band^T`` and ``dX_band = W^T dZ_band``; jit drops ``dX`` when nothing needs
     it (the network's input). Equal to ``lax.conv_general_dilated`` in value and gradient (tests).
     """
+    for kern in kernels:
+        _check_kernel(kern)
+    if not gemm_forms():
+        return tuple(_xla_conv_cnhw(x, kern, d) for kern, d in zip(kernels, dilations))
+    return _conv_same_multi_gemm(x, tuple(kernels), tuple(dilations), band_rows)
+
+
+def _xla_conv_cnhw(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+    """``lax.conv_general_dilated`` with 'SAME' padding on a CNHW input (the reference)."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", rhs_dilation=(dilation, dilation),
+                                    dimension_numbers=("CNHW", "HWIO", "CNHW"))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_same_multi_gemm(x: jax.Array, kernels: tuple, dilations: tuple, band_rows: int | None) -> tuple:
     return _multi_fwd(x, kernels, dilations, band_rows)[0]
 
 
@@ -163,7 +215,7 @@ def _multi_bwd(dilations, band_rows, res, gs):
     return dx, tuple(dks)
 
 
-conv_same_multi.defvjp(_multi_fwd, _multi_bwd)
+_conv_same_multi_gemm.defvjp(_multi_fwd, _multi_bwd)
 
 
 def _shift(a: jax.Array, dh: int, dw: int) -> jax.Array:
@@ -215,6 +267,8 @@ def conv_same_cnhw(x: jax.Array, kernel: jax.Array, dilation: int = 1, band_rows
     k = _check_kernel(kernel)
     if x.shape[0] != kernel.shape[2]:
         raise ValueError(f"input has {x.shape[0]} channels, kernel expects {kernel.shape[2]}")
+    if not gemm_forms():
+        return _xla_conv_cnhw(x, kernel, dilation)
     if k == 1:
         return (kernel[0, 0].T @ x.reshape(x.shape[0], -1)).reshape(kernel.shape[-1], *x.shape[1:])
     if kernel.shape[2] < kernel.shape[3]:

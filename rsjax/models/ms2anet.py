@@ -8,7 +8,8 @@ whole scene, ``(1, H, W, D)`` in NHWC, each band min-max scaled to [0, 1].
 Inside, the network runs channels first (``CNHW``: channels, batch, height, width). The four
 convolutions that read the scene (the three dilated 5 x 5 ones of the spatial stream and the
 3 x 3 one of the spectral stream) are one banded GEMM (:func:`~rsjax.models.layers.conv_same_multi`),
-and BatchNorm reduces contiguous planes. The streams take and return CNHW arrays; :class:`MS2ANet`
+and BatchNorm reduces contiguous planes (on a GPU or TPU these convolutions are XLA's own:
+:func:`~rsjax.models.layers.gemm_forms`). The streams take and return CNHW arrays; :class:`MS2ANet`
 takes NHWC (or a :class:`PreparedScene`) and returns NHWC, plus the CNHW tensors the loss needs
 under ``out["cnhw"]``.
 
@@ -18,7 +19,7 @@ of once per iteration.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
@@ -103,13 +104,15 @@ class SPF(nn.Module):
     upsampling for even sizes."""
     d2: int = 3
     odd: str = "crop"
+    dtype: Any = jnp.float32      # of the convolution (see MS2ANet.dtype)
 
     @nn.compact
     def __call__(self, m, train: bool = True):
         if self.odd not in SPF_ODD:
             raise ValueError(f"odd must be one of {SPF_ODD}, got {self.odd!r}")
         _, b, h, w = m.shape
-        y = Conv(self.d2, 1, stride=2, padding="VALID", layout="CNHW", name="conv")(m)   # ceil(H/2) x ceil(W/2)
+        y = Conv(self.d2, 1, stride=2, padding="VALID", layout="CNHW", name="conv")(m.astype(self.dtype))
+        y = y.astype(jnp.float32)                                            # ceil(H/2) x ceil(W/2)
         hh, ww = y.shape[2:]
         if self.odd == "resize":
             y = jax.image.resize(y, (self.d2, b, h, w), "bilinear")          # half-pixel centres, as PyTorch
@@ -151,7 +154,11 @@ class MS2ANet(nn.Module):
     """The whole autoencoder. Takes the scene NHWC (or prepared, :func:`prepare_scene`) and returns
     a dict with ``recon`` (R), ``code`` (the clustering features: M' for A2/A3, SAF for A1),
     ``m_prime`` (M', used by the spectral mean constraint), all NHWC, and ``cnhw``: R and M'
-    channels first, for :func:`ms2anet_loss`."""
+    channels first, for :func:`ms2anet_loss`.
+
+    ``dtype`` is the computation type of the convolutions (``jnp.bfloat16`` for mixed precision,
+    as ``torch.autocast``): their inputs and kernels are cast to it and their outputs back to
+    float32; parameters, BatchNorm, the SA products and the loss stay float32."""
     bands: int
     d1: int = 12
     d2: int = 3
@@ -160,6 +167,7 @@ class MS2ANet(nn.Module):
     kernel_size: int = 5
     ablation: str = "A3"
     spf_odd: str = "crop"         # odd H or W in SPF: "crop" the x2 upsampling, or "resize" to H x W
+    dtype: Any = jnp.float32      # of the convolutions
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -171,16 +179,19 @@ class MS2ANet(nn.Module):
         spectral = SpectralAssociationStream(self.d3, name="spectral") if self.ablation in ("A1", "A3") else None
         # every convolution that reads X, as one GEMM
         convs = spatial.convs(x.shape[0]) + (spectral.convs(x.shape[0]) if spectral is not None else [])
-        ys = conv_same_multi(x, tuple(k.astype(x.dtype) for k, _, _ in convs), tuple(d for _, _, d in convs))
+        ys = conv_same_multi(x.astype(self.dtype), tuple(k.astype(self.dtype) for k, _, _ in convs),
+                             tuple(d for _, _, d in convs))
+        ys = tuple(y.astype(jnp.float32) for y in ys)
         nsp = len(self.dilations)
         m_prime = spatial(x, train, conv_out=ys[:nsp])
         parts = []
         if spectral is not None:
             parts.append(spectral(x, train, x_soft=scene.soft, conv_out=ys[nsp]))
         if self.ablation in ("A2", "A3"):
-            parts.append(SPF(self.d2, self.spf_odd, name="spf")(m_prime, train))
-        ef = jnp.concatenate(parts, axis=0)
-        recon = nn.relu(batch_norm(train, name="dec_bn", axis=0)(Conv(self.bands, 3, layout="CNHW", name="dec_conv")(ef)))
+            parts.append(SPF(self.d2, self.spf_odd, self.dtype, name="spf")(m_prime, train))
+        ef = jnp.concatenate(parts, axis=0).astype(self.dtype)
+        recon = Conv(self.bands, 3, layout="CNHW", name="dec_conv")(ef).astype(jnp.float32)
+        recon = nn.relu(batch_norm(train, name="dec_bn", axis=0)(recon))
         code = parts[0] if self.ablation == "A1" else m_prime
         nhwc = lambda a: a.transpose(1, 2, 3, 0)
         return {"recon": nhwc(recon), "code": nhwc(code), "m_prime": nhwc(m_prime),

@@ -12,8 +12,9 @@ Kaiming-normal (``fan_in``, gain sqrt 2, as ``torch.nn.init.kaiming_normal_``); 
 PyTorch's ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``. Convolutions are Kaiming-normal
 (``fan_out``), BatchNorm scale 1, bias 0, as torchvision initialises a ResNet.
 
-Every convolution of the network is made by the one ``conv`` field of :class:`ResNet`. The
-default, :class:`Conv`, computes the same convolution as ``flax.linen.Conv`` (same parameter
+Every convolution of the network is made by the one ``conv`` field of :class:`ResNet`. By
+default (``None``) that is :class:`Conv` where :func:`rsjax.models.layers.gemm_forms` holds (the
+CPU backend) and ``flax.linen.Conv`` (cuDNN) on a GPU or TPU. :class:`Conv` computes the same convolution as ``flax.linen.Conv`` (same parameter
 names and shapes) as one GEMM over gathered patches (:func:`conv_im2col`; with a ResNet's
 many channels and small images this beat the GEMM over taps of
 :func:`rsjax.models.layers.conv_taps` by 1.3x in the whole SNCA-CE step), with the kernel gradient
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsjax.bank import l2_normalize
-from rsjax.models.layers import torch_uniform, transpose_by_gemm
+from rsjax.models.layers import gemm_forms, torch_uniform, transpose_by_gemm
 
 ModuleDef = Any
 
@@ -232,7 +233,10 @@ class ResNet(nn.Module):
       dim: D, the embedding size (FC1 output).
       num_classes: C, the FC2 output; 0 builds no FC2 (methods without a CE term).
       num_filters: filters of the first stage (doubled each stage).
-      conv: the convolution module class used for every convolution.
+      conv: the convolution module class used for every convolution; ``None``: :class:`Conv`
+        on CPU, ``flax.linen.Conv`` elsewhere (:func:`rsjax.models.layers.gemm_forms`).
+      dtype: computation type of the convolutions, BatchNorm and FC layers (parameters stay
+        float32; ``bfloat16`` is mixed precision); the embedding and logits are float32.
 
     ``__call__(x, train)`` takes NHWC float images and returns a dict with ``pooled`` (after
     global average pooling), ``v`` (FC1 output), ``embedding`` (``v`` L2-normalised) and
@@ -244,11 +248,12 @@ class ResNet(nn.Module):
     num_classes: int = 0
     num_filters: int = 64
     dtype: Any = jnp.float32
-    conv: ModuleDef = Conv
+    conv: ModuleDef | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = partial(self.conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+        conv_cls = self.conv or (Conv if gemm_forms() else nn.Conv)
+        conv = partial(conv_cls, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        dtype=self.dtype)
         x = conv(self.num_filters, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)

@@ -46,6 +46,7 @@ import optax
 from rsjax import bank as bank_lib
 from rsjax import losses
 from rsjax import parallel
+from rsjax.models.layers import compute_dtype
 from rsjax.models.resnet import ResNet
 from rsjax.train import checkpoint
 
@@ -95,7 +96,7 @@ def build_model(cfg, num_classes: int) -> ResNet:
     """The ResNet of ``cfg`` (``stage_sizes``, ``num_filters``, ``dim``); FC2 only for CE methods."""
     spec = method_spec(cfg.method)
     return ResNet(stage_sizes=tuple(cfg.stage_sizes), dim=int(cfg.dim), num_filters=int(cfg.num_filters),
-                  num_classes=int(num_classes) if spec.ce else 0)
+                  num_classes=int(num_classes) if spec.ce else 0, dtype=compute_dtype(cfg.get("dtype", "float32")))
 
 
 def lr_schedule(cfg, steps_per_epoch: int) -> optax.Schedule:

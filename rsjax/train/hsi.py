@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from rsjax.models.autoencoders import AE, CAE
+from rsjax.models.layers import compute_dtype
 from rsjax.models.ms2anet import MS2ANet, PreparedScene, ms2anet_loss, prepare_scene
 
 
@@ -41,7 +42,8 @@ class HSIState:
 def build_model(cfg, bands: int) -> nn.Module:
     if cfg.method == "ms2anet":
         return MS2ANet(bands, d1=cfg.d1, d2=cfg.d2, d3=cfg.d3, dilations=tuple(cfg.dilations),
-                       kernel_size=cfg.kernel_size, ablation=cfg.ablation, spf_odd=cfg.get("spf_odd", "crop"))
+                       kernel_size=cfg.kernel_size, ablation=cfg.ablation, spf_odd=cfg.get("spf_odd", "crop"),
+                       dtype=compute_dtype(cfg.get("dtype", "float32")))
     if cfg.method == "ae":
         return AE(bands, latent=cfg.latent)
     if cfg.method == "cae":
