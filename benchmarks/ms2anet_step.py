@@ -3,6 +3,7 @@
     python -m benchmarks.ms2anet_step            # Trento's shape (166 x 600 x 63, random) and Salinas-A
     python -m benchmarks.ms2anet_step --quick    # smoke run: small shapes, one repetition
     python -m benchmarks.ms2anet_step --json     # one JSON object with every figure
+    python -m benchmarks.ms2anet_step --dtypes float32 bfloat16   # on a GPU: PyTorch on CUDA, both precisions
 
 rsjax runs its real training code: ``rsjax.train.hsi.train_chunk`` (``--chunk`` iterations in one
 compiled ``lax.scan``, as ``rsjax cluster`` trains) and ``train_step`` (one jitted call per
@@ -14,6 +15,12 @@ convolution FLOPs of ``train_step`` counted from its jaxpr (``benchmarks/flops.p
 analysis counts a ``lax.scan`` body once, and rsjax's convolutions are banded scans); the GEMM peak is measured in the same run (best of a large
 ``jnp`` and ``numpy`` float32 matmul); memory is the peak resident set size while each framework
 runs (sampled every 5 ms) and XLA's own buffer accounting.
+
+On a GPU (JAX's default backend) PyTorch runs on CUDA (``cudnn.benchmark``; the lowest loss
+kept on the device, no sync per iteration), rsjax uses XLA's convolutions
+(``rsjax.models.layers.gemm_forms``), a chunk is 20 iterations, the GEMM peak is an 8192^3
+product in the run's precision, and each precision mode of ``--dtypes``
+(:func:`benchmarks.common.precision`) is one run in ``runs``.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import machine
+from benchmarks.common import PRECISIONS, gpu_memory, machine, on_gpu, precision, torch_device, torch_sync
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -63,28 +70,39 @@ class PeakRSS:
 
 # ----------------------------------------------------------------------------- machine figures
 
-def gemm_peak(n: int = 2048, reps: int = 3) -> dict:
-    """Single-precision GEMM GFLOP/s of this machine now: a jitted jnp matmul and numpy's BLAS,
-    interleaved, median of ``reps``; the peak is the better of the two."""
+def gemm_peak(n: int = 2048, reps: int = 3, dtype: str = "float32") -> dict:
+    """GEMM GFLOP/s of this machine now: a jitted jnp matmul and numpy's BLAS (CPU only),
+    interleaved, median of ``reps``; the peak is the better of the two. On a GPU: the jnp matmul
+    alone, in the precision mode ``dtype`` (open :func:`benchmarks.common.precision` around it),
+    ``reps`` x 10 products per timing."""
     import jax
     import jax.numpy as jnp
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    jdt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    ja, jb = jnp.asarray(a, jdt), jnp.asarray(b, jdt)
     mm = jax.jit(jnp.matmul)
     mm(ja, jb).block_until_ready()
-    a @ b
+    gpu = on_gpu()
+    inner = 10 if gpu else 1
+    if not gpu:
+        a @ b
     tj, tn = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        mm(ja, jb).block_until_ready()
-        tj.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        a @ b
-        tn.append(time.perf_counter() - t)
+        for _ in range(inner):
+            c = mm(ja, jb)
+        c.block_until_ready()
+        tj.append((time.perf_counter() - t) / inner)
+        if not gpu:
+            t = time.perf_counter()
+            a @ b
+            tn.append(time.perf_counter() - t)
     flops = 2.0 * n ** 3
-    out = {"gemm_n": n, "jnp_gflops": flops / np.median(tj) / 1e9, "numpy_gflops": flops / np.median(tn) / 1e9}
-    out["peak_gflops"] = max(out["jnp_gflops"], out["numpy_gflops"])
+    out = {"gemm_n": n, "gemm_dtype": dtype, "jnp_gflops": flops / np.median(tj) / 1e9}
+    if tn:
+        out["numpy_gflops"] = flops / np.median(tn) / 1e9
+    out["peak_gflops"] = max(out["jnp_gflops"], out.get("numpy_gflops", 0.0))
     return out
 
 
@@ -101,7 +119,9 @@ def _cube(name: str, quick: bool) -> np.ndarray:
 
 
 def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float = 0.1, lr: float = 1e-3,
-                log=print) -> dict:
+                log=print, dtype: str = "float32") -> dict:
+    """One cube: compile, check the first losses agree, then interleaved repetitions. ``dtype`` is
+    a precision mode of :func:`benchmarks.common.precision` (open that context around the call)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -114,9 +134,11 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
 
     h, w, d = cube.shape
     x = jnp.asarray(cube)[None]
-    model = MS2ANet(d)
+    bf16 = dtype == "bfloat16"
+    model = MS2ANet(d, dtype=jnp.bfloat16 if bf16 else jnp.float32)
     tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
-    res = {"shape": [h, w, d], "pixels": h * w, "chunk": chunk, "reps": reps}
+    dev = torch_device()
+    res = {"shape": [h, w, d], "pixels": h * w, "chunk": chunk, "reps": reps, "dtype": dtype, "device": dev.type}
 
     # rsjax: compile (timed), FLOPs and XLA's memory accounting
     state_chunk = init_state(model, x, tx, 0)
@@ -147,14 +169,14 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
 
     # PyTorch: same initial parameters; the losses of the first iteration must agree
     torch.manual_seed(0)
-    tmodel = TorchMS2ANet(d).load_rsjax(params0)
-    trainer = TorchTrainer(tmodel, lr=lr, lam=lam)
-    xt = torch.from_numpy(np.ascontiguousarray(cube.transpose(2, 0, 1))[None])
+    tmodel = TorchMS2ANet(d).load_rsjax(params0).to(dev)
+    trainer = TorchTrainer(tmodel, lr=lr, lam=lam, amp_dtype=torch.bfloat16 if bf16 else None)
+    xt = torch.from_numpy(np.ascontiguousarray(cube.transpose(2, 0, 1))[None]).to(dev)
     out, _ = jax.jit(functools.partial(apply_model, model))(state_chunk.params, state_chunk.batch_stats, x)
     loss_j = float(ms2anet_loss(x, out, lam))
-    loss_t = trainer.step(xt)
+    loss_t = float(trainer.step(xt))
     res["loss_rsjax"], res["loss_torch"] = loss_j, loss_t
-    if not np.isclose(loss_j, loss_t, rtol=1e-4, atol=1e-6):
+    if not np.isclose(loss_j, loss_t, rtol=3e-2 if bf16 else 1e-4, atol=1e-6):   # bfloat16: 8-bit mantissas
         raise AssertionError(f"{name}: first-iteration losses differ: rsjax {loss_j} vs PyTorch {loss_t}")
 
     # warm-up (first calls touch fresh memory)
@@ -181,6 +203,7 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
             t = time.perf_counter()
             for _ in range(chunk):
                 trainer.step(xt)
+            torch_sync()
             t_torch.append((time.perf_counter() - t) / chunk)
         peak_t = max(peak_t, pk.peak)
         log(f"  {name} rep {r + 1}/{reps}: rsjax chunk {t_chunk[-1]:.3f} s/iter, rsjax step {t_step[-1]:.3f} s, "
@@ -193,6 +216,7 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
         "rsjax_chunk_s_per_iter": med(t_chunk), "rsjax_step_s_per_iter": med(t_step), "torch_s_per_iter": med(t_torch),
         "rsjax_chunk_times": t_chunk, "rsjax_step_times": t_step, "torch_times": t_torch,
         "rss_base_bytes": base_rss, "rss_peak_rsjax_bytes": peak_j, "rss_peak_torch_bytes": peak_t,
+        **gpu_memory(),
     })
     res["ratio_chunk"] = res["rsjax_chunk_s_per_iter"] / res["torch_s_per_iter"]
     res["ratio_step"] = res["rsjax_step_s_per_iter"] / res["torch_s_per_iter"]
@@ -210,53 +234,68 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=None, help="iterations per rsjax train_chunk call and per PyTorch "
                                                            "timing (default 4, quick 2)")
     p.add_argument("--shapes", default="trento,salinas-a", help="comma-separated: trento, salinas-a")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
+                   help="precision modes (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     args = p.parse_args(argv)
+    gpu = on_gpu()
     reps = args.reps or (1 if args.quick else 5)
-    chunk = args.chunk or (2 if args.quick else 4)
+    chunk = args.chunk or (2 if args.quick else (20 if gpu else 4))
 
     import torch
     torch.set_num_threads(os.cpu_count())
+    torch.backends.cudnn.benchmark = True     # fixed shapes: let cuDNN pick, as XLA autotunes
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True)) if args.json else \
         (lambda *a, **k: print(*a, **k, flush=True))
 
-    result = {"benchmark": "ms2anet_step", "quick": args.quick, "machine": machine()}
-    result["gemm_before"] = gemm_peak(1024 if args.quick else 2048)
-    log(f"GEMM peak now: {result['gemm_before']['peak_gflops']:.1f} GFLOP/s")
-    shapes = {}
-    for name in args.shapes.split(","):
-        cube = _cube(name, args.quick)
-        log(f"{name}: {cube.shape}")
-        shapes[name] = bench_shape(name, cube, reps, chunk, log=log)
-    result["gemm_after"] = gemm_peak(1024 if args.quick else 2048)
-    peak = max(result["gemm_before"]["peak_gflops"], result["gemm_after"]["peak_gflops"])
-    result["gemm_peak_gflops"] = peak
-    for r in shapes.values():
-        for key in ("rsjax_chunk", "rsjax_step", "torch"):
-            r[f"{key}_fraction_of_peak"] = r[f"{key}_gflops"] / peak
-    result["shapes"] = shapes
+    result = {"benchmark": "ms2anet_step", "quick": args.quick, "machine": machine(), "runs": []}
+    gemm_n = 1024 if args.quick else (8192 if gpu else 2048)
+    for dtype in args.dtypes:
+        with precision(dtype):
+            run = {"dtype": dtype, "gemm_before": gemm_peak(gemm_n, dtype=dtype)}
+            log(f"[{dtype}] GEMM peak now: {run['gemm_before']['peak_gflops']:.1f} GFLOP/s")
+            shapes = {}
+            for name in args.shapes.split(","):
+                cube = _cube(name, args.quick)
+                log(f"{name}: {cube.shape} {dtype}")
+                shapes[name] = bench_shape(name, cube, reps, chunk, log=log, dtype=dtype)
+            run["gemm_after"] = gemm_peak(gemm_n, dtype=dtype)
+        peak = max(run["gemm_before"]["peak_gflops"], run["gemm_after"]["peak_gflops"])
+        run["gemm_peak_gflops"] = peak
+        for r in shapes.values():
+            for key in ("rsjax_chunk", "rsjax_step", "torch"):
+                r[f"{key}_fraction_of_peak"] = r[f"{key}_gflops"] / peak
+        run["shapes"] = shapes
+        result["runs"].append(run)
+    # the first run's figures at the top level too, where earlier JSON files had them
+    result.update({k: v for k, v in result["runs"][0].items() if k != "dtype"})
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     m = result["machine"]
-    print(f"\nMS2A-Net training iteration, {m['cpu']} ({m['cpu_count']} cores), jax {m['jax']}, torch {m['torch']}, "
-          f"{m['date']}")
-    print(f"GEMM peak (float32, {result['gemm_before']['gemm_n']}^3, best of jnp/numpy): {peak:.1f} GFLOP/s")
+    print(f"\nMS2A-Net training iteration, {m.get('gpu', m['cpu'])} ({m['cpu_count']} CPU cores), "
+          f"jax {m['jax']}, torch {m['torch']}, {m['date']}")
     mb = lambda b: f"{b / 2**20:.0f} MiB"
-    for name, r in shapes.items():
-        h, w, d = r["shape"]
-        print(f"\n{name} {h} x {w} x {d}: {r['flops_per_iter'] / 1e9:.2f} GFLOP per iteration (GEMM/conv FLOPs counted from the jaxpr)")
-        print(f"  {'':28s} {'s/iter':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'ratio':>7s}")
-        for label, key, ratio in (("rsjax train_chunk (scan)", "rsjax_chunk", r["ratio_chunk"]),
-                                  ("rsjax train_step (jit)", "rsjax_step", r["ratio_step"]),
-                                  ("PyTorch eager", "torch", 1.0)):
-            print(f"  {label:28s} {r[key + '_s_per_iter']:8.3f} {r[key + '_gflops']:8.1f} "
-                  f"{100 * r[key + '_fraction_of_peak']:7.0f}% {ratio:7.2f}")
-        print(f"  compile: train_chunk {r['rsjax_compile_chunk_s']:.1f} s, train_step {r['rsjax_compile_step_s']:.1f} s; "
-              f"peak RSS while running: rsjax {mb(r['rss_peak_rsjax_bytes'])}, PyTorch {mb(r['rss_peak_torch_bytes'])} "
-              f"(base {mb(r['rss_base_bytes'])}); XLA temp buffers: step {mb(r.get('xla_step_temp_bytes', 0))}, "
-              f"chunk {mb(r.get('xla_chunk_temp_bytes', 0))}")
+    for run in result["runs"]:
+        peak = run["gemm_peak_gflops"]
+        print(f"\n[{run['dtype']}] GEMM peak ({run['gemm_before']['gemm_n']}^3, best of jnp/numpy): {peak:.1f} GFLOP/s")
+        for name, r in run["shapes"].items():
+            h, w, d = r["shape"]
+            print(f"\n{name} {h} x {w} x {d} ({r['dtype']}): {r['flops_per_iter'] / 1e9:.2f} GFLOP per iteration "
+                  "(GEMM/conv FLOPs counted from the jaxpr)")
+            print(f"  {'':28s} {'s/iter':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'ratio':>7s}")
+            for label, key, ratio in (("rsjax train_chunk (scan)", "rsjax_chunk", r["ratio_chunk"]),
+                                      ("rsjax train_step (jit)", "rsjax_step", r["ratio_step"]),
+                                      ("PyTorch eager", "torch", 1.0)):
+                print(f"  {label:28s} {r[key + '_s_per_iter']:8.4f} {r[key + '_gflops']:8.1f} "
+                      f"{100 * r[key + '_fraction_of_peak']:7.0f}% {ratio:7.2f}")
+            print(f"  compile: train_chunk {r['rsjax_compile_chunk_s']:.1f} s, train_step {r['rsjax_compile_step_s']:.1f} s; "
+                  f"peak RSS while running: rsjax {mb(r['rss_peak_rsjax_bytes'])}, PyTorch {mb(r['rss_peak_torch_bytes'])} "
+                  f"(base {mb(r['rss_base_bytes'])}); XLA temp buffers: step {mb(r.get('xla_step_temp_bytes', 0))}, "
+                  f"chunk {mb(r.get('xla_chunk_temp_bytes', 0))}")
+            if "jax_peak_bytes" in r:
+                print(f"  GPU memory peak so far: XLA {mb(r['jax_peak_bytes'])}, PyTorch {mb(r['torch_peak_bytes'])}")
     print(f"\nprocess max RSS {mb(result['max_rss_bytes'])}; ratio = rsjax time / PyTorch time (lower is better)")
     return 0
 

@@ -32,6 +32,12 @@ Usage::
     python -m benchmarks.snca_step            # 64 and 128 px, N up to 1e6 (about 6-8 minutes on 2 cores)
     python -m benchmarks.snca_step --quick    # smoke run: 64 px, fewer repetitions, N up to 1e5
     python -m benchmarks.snca_step --json     # one JSON object with every figure on stdout
+    python -m benchmarks.snca_step --dtypes float32 bfloat16   # on a GPU: PyTorch on CUDA, both precisions
+
+On a GPU (JAX's default backend) PyTorch runs on CUDA with ``cudnn.benchmark``, each repetition
+is 20 steps, synchronised at its end, and the precision modes of
+:func:`benchmarks.common.precision` set both frameworks alike; rsjax's ResNet then uses XLA's
+convolutions (``rsjax.models.layers.gemm_forms``).
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import machine
+from benchmarks.common import PRECISIONS, gpu_memory, machine, on_gpu, precision, torch_device, torch_sync
 from rsjax.hostmem import keep_freed_memory
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
@@ -83,8 +89,11 @@ def _bank_labels() -> np.ndarray:
 
 
 def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1thread: bool = True,
-               seed: int = 0) -> dict:
-    """rsjax vs PyTorch images/s of one training step of ``method`` at ``size`` px, interleaved."""
+               seed: int = 0, dtype: str = "float32") -> dict:
+    """rsjax vs PyTorch images/s of one training step of ``method`` at ``size`` px, interleaved.
+
+    ``dtype`` is a precision mode of :func:`benchmarks.common.precision` (open that context around
+    the call); on a GPU both frameworks run there."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -93,6 +102,8 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     from rsjax.train import embed
 
     cfg = _step_config(method, size)
+    cfg.dtype = "bfloat16" if dtype == "bfloat16" else "float32"
+    dev = torch_device()
     spec = embed.method_spec(method)
     labels_np = _bank_labels()
     rng = np.random.default_rng(seed)
@@ -116,18 +127,20 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     variables, same_init = _VARIABLES[key]
     state = embed.create_state(cfg, variables, tx, labels_np, seed=seed)   # copies: the cache survives donation
     init_s = time.perf_counter() - t0
-    tbank = torch.from_numpy(np.array(state.bank))            # a copy: the rsjax step donates its bank
-    trainer = TorchSNCATrainer(tmodel, tbank, torch.from_numpy(labels_np), bank_update=spec.bank_update,
+    tbank = torch.from_numpy(np.array(state.bank)).to(dev)    # a copy: the rsjax step donates its bank
+    tmodel.to(dev)
+    trainer = TorchSNCATrainer(tmodel, tbank, torch.from_numpy(labels_np).to(dev), bank_update=spec.bank_update,
                                lr=float(cfg.lr), momentum=float(cfg.momentum), nesterov=bool(cfg.nesterov),
                                weight_decay=float(cfg.weight_decay), sigma=float(cfg.sigma),
                                lam=float(cfg.lam), bank_m=float(cfg.m) if spec.bank_update == "mb" else 0.5,
-                               ema_m=float(cfg.m) if spec.bank_update == "mu" else 0.999)
+                               ema_m=float(cfg.m) if spec.bank_update == "mu" else 0.999,
+                               amp_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
 
     x = jnp.asarray(images_np)
     epoch = jnp.int32(0)
     jbatches = [(jnp.asarray(labels_np[b]), jnp.asarray(b)) for b in batches]
-    tx_img = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy())
-    tbatches = [(torch.from_numpy(labels_np[b]).long(), torch.from_numpy(b).long()) for b in batches]
+    tx_img = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy()).to(dev)
+    tbatches = [(torch.from_numpy(labels_np[b]).long().to(dev), torch.from_numpy(b).long().to(dev)) for b in batches]
 
     # rsjax: the real step, jitted with the state donated; trace + compile timed ahead of time.
     step = embed.compile_step(embed.make_step(cfg, model, tx))
@@ -137,6 +150,8 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     bank_copies = count_copies(compiled, (N_BANK, DIM))     # full copies of the bank per step
+    mem = compiled.memory_analysis()
+    temp_bytes = int(mem.temp_size_in_bytes) if mem is not None else None
 
     # First step of each from the same weights and bank: their losses should agree.
     t0 = time.perf_counter()
@@ -145,6 +160,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     first_rsjax_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     loss_torch = float(trainer.step(tx_img, *tbatches[0]))
+    torch_sync()
     first_torch_s = time.perf_counter() - t0
     loss_rel_diff = abs(loss_rsjax - loss_torch) / max(abs(loss_torch), 1e-12)
 
@@ -163,9 +179,9 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
         torch.set_num_threads(threads)
         t = time.perf_counter()
         for _ in range(steps_per_rep):
-            loss = trainer.step(tx_img, *tbatches[k[0] % len(tbatches)])
+            trainer.step(tx_img, *tbatches[k[0] % len(tbatches)])
             k[0] += 1
-        float(loss)
+        torch_sync()                  # the loss, the update and the bank write all done
         dt = time.perf_counter() - t
         torch.set_num_threads(n_threads)
         return dt
@@ -175,7 +191,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     # in rotating order so neither always runs right after the other.
     n_threads = os.cpu_count() or 1
     runners = {"rsjax": run_rsjax, "torch": lambda: run_torch(n_threads)}
-    if torch_1thread and n_threads > 1:
+    if torch_1thread and n_threads > 1 and dev.type == "cpu":
         runners["torch_1t"] = lambda: run_torch(1)
     names = list(runners)
     for name in names[1:]:
@@ -190,7 +206,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     ratios = [a / b for a, b in zip(ips["rsjax"], ips["torch"])]   # per repetition (close in time)
     best_torch = max(v for name, v in med.items() if name != "rsjax")
     out = {
-        "method": method, "size": size, "batch": BATCH, "bank_rows": N_BANK, "classes": N_CLASSES, "dim": DIM,
+        "method": method, "size": size, "dtype": dtype, "device": dev.type, "batch": BATCH, "bank_rows": N_BANK, "classes": N_CLASSES, "dim": DIM,
         "reps": reps, "steps_per_rep": steps_per_rep, "torch_threads": n_threads,
         "rsjax_img_s": med["rsjax"], "torch_img_s": med["torch"],
         "ratio": med["rsjax"] / med["torch"],
@@ -202,7 +218,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
         **{f"{name}_img_s_all": v for name, v in ips.items()},
         "rsjax_trace_s": trace_s, "rsjax_compile_s": compile_s,
         "rsjax_first_step_s": first_rsjax_s, "torch_first_step_s": first_torch_s, "rsjax_init_s": init_s,
-        "rsjax_bank_copies": bank_copies,
+        "rsjax_bank_copies": bank_copies, "rsjax_step_temp_bytes": temp_bytes, **gpu_memory(),
         "same_init": same_init, "loss_rsjax": loss_rsjax, "loss_torch": loss_torch,
         "loss_rel_diff": loss_rel_diff,
     }
@@ -340,29 +356,41 @@ def snca_bank_scaling(ns=(1_000, 10_000, 100_000, 1_000_000), *, dim: int = DIM,
 
 # ----------------------------------------------------------------------------- report
 
+def _key(rec: dict) -> str:
+    """``method@size``, with ``/dtype`` for precision modes other than float32."""
+    key = f"{rec['method']}@{rec['size']}"
+    return key if rec["dtype"] == "float32" else f"{key}/{rec['dtype']}"
+
+
 def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_rep=None, ns=None,
-        torch_1thread: bool = True) -> dict:
-    """Both parts; returns one dict with every figure (what ``--json`` prints)."""
+        torch_1thread: bool = True, dtypes=("float32",)) -> dict:
+    """Both parts; returns one dict with every figure (what ``--json`` prints). On a GPU the
+    training steps are timed in each precision mode of ``dtypes`` and a repetition runs 20 steps
+    by default (one step is a few milliseconds there)."""
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
+    torch.backends.cudnn.benchmark = True     # fixed shapes: let cuDNN pick, as XLA autotunes
     sizes = tuple(sizes or ((64,) if quick else (64, 128)))
     ns = tuple(ns or ((1_000, 10_000, 100_000) if quick else (1_000, 10_000, 100_000, 1_000_000)))
     out = {"benchmark": "snca_step", "quick": bool(quick), "machine": machine(), "steps": []}
     t_start = time.perf_counter()
-    for size in sizes:
-        r = reps or (3 if quick else (5 if size <= 64 else 3))
-        s = steps_per_rep or 1
-        for method in methods:
-            _log(f"steps: {method} {size}px, {r} reps x {s} steps ...")
-            rec = bench_step(method, size, reps=r, steps_per_rep=s, torch_1thread=torch_1thread)
-            _log(f"  rsjax {rec['rsjax_img_s']:.1f} img/s, PyTorch {rec['torch_img_s']:.1f} img/s "
-                 f"(1 thread: {rec['torch_1t_img_s'] or float('nan'):.1f}), ratio {rec['ratio']:.2f}, "
-                 f"compile {rec['rsjax_compile_s']:.1f} s, loss {rec['loss_rsjax']:.5f} / {rec['loss_torch']:.5f}")
-            out["steps"].append(rec)
+    for dtype in dtypes:
+        for size in sizes:
+            r = reps or (3 if quick else (5 if size <= 64 else 3))
+            s = steps_per_rep or (20 if on_gpu() else 1)
+            for method in methods:
+                _log(f"steps: {method} {size}px {dtype}, {r} reps x {s} steps ...")
+                with precision(dtype):
+                    rec = bench_step(method, size, reps=r, steps_per_rep=s, torch_1thread=torch_1thread, dtype=dtype)
+                _log(f"  rsjax {rec['rsjax_img_s']:.1f} img/s, PyTorch {rec['torch_img_s']:.1f} img/s "
+                     f"(1 thread: {rec['torch_1t_img_s'] or float('nan'):.1f}), ratio {rec['ratio']:.2f}, "
+                     f"compile {rec['rsjax_compile_s']:.1f} s, loss {rec['loss_rsjax']:.5f} / {rec['loss_torch']:.5f}")
+                out["steps"].append(rec)
     _log(f"bank scaling: N = {', '.join(f'{n:.0e}' for n in ns)} ...")
-    out["scaling"] = snca_bank_scaling(ns, reps=3)
-    out["ratios"] = {f"{r['method']}@{r['size']}": r["ratio"] for r in out["steps"]}
-    out["ratios_vs_best_torch"] = {f"{r['method']}@{r['size']}": r["ratio_vs_best_torch"] for r in out["steps"]}
+    with precision("float32"):
+        out["scaling"] = snca_bank_scaling(ns, reps=3)
+    out["ratios"] = {_key(r): r["ratio"] for r in out["steps"]}
+    out["ratios_vs_best_torch"] = {_key(r): r["ratio_vs_best_torch"] for r in out["steps"]}
     out["min_ratio"] = min(out["ratios"].values()) if out["ratios"] else None
     out["slope"] = out["scaling"]["slope"]
     out["total_s"] = time.perf_counter() - t_start
@@ -377,20 +405,22 @@ def print_report(res: dict) -> None:
     m = res["machine"]
     print(f"SNCA-CE training step, batch {BATCH}, bank {N_BANK} x {DIM}, {N_CLASSES} classes "
           f"({'quick' if res['quick'] else 'default'} run)")
+    if "gpu" in m:
+        print(f"GPU {m['gpu']} (PyTorch: {m['torch_gpu']}, CUDA {m['torch_cuda']}, cuDNN {m['cudnn']})")
     print(f"{m['cpu']}, {m['cpu_count']} cores; JAX {m['jax']}, PyTorch {m['torch']} "
           f"(OMP_WAIT_POLICY {m['omp_wait_policy']}); load {m['load_avg_1min_start']:.1f} -> "
           f"{m.get('load_avg_1min_end', float('nan')):.1f}")
     print()
-    hdr = (f"{'method':<11} {'px':>4} {'rsjax':>8} {'torch':>8} {'rsjax/':>7} {'torch 1t':>9} {'rsjax/':>7} "
+    hdr = (f"{'method':<11} {'px':>4} {'dtype':>8} {'rsjax':>8} {'torch':>8} {'rsjax/':>7} {'torch 1t':>9} {'rsjax/':>7} "
            f"{'compile':>8} {'bank':>5}  {'first-step loss':>21}")
-    sub = (f"{'':<11} {'':>4} {'img/s':>8} {'img/s':>8} {'torch':>7} {'img/s':>9} {'best':>7} "
+    sub = (f"{'':<11} {'':>4} {'':>8} {'img/s':>8} {'img/s':>8} {'torch':>7} {'img/s':>9} {'best':>7} "
            f"{'s':>8} {'cp.':>5}  {'rsjax / torch':>21}")
     print(hdr)
     print(sub)
     print("-" * len(hdr))
     for r in res["steps"]:
         t1 = r["torch_1t_img_s"]
-        print(f"{r['method']:<11} {r['size']:>4} {r['rsjax_img_s']:>8.1f} {r['torch_img_s']:>8.1f} "
+        print(f"{r['method']:<11} {r['size']:>4} {r.get('dtype', 'float32'):>8} {r['rsjax_img_s']:>8.1f} {r['torch_img_s']:>8.1f} "
               f"{r['ratio']:>7.2f} {(t1 if t1 is not None else float('nan')):>9.1f} {r['ratio_vs_best_torch']:>7.2f} "
               f"{r['rsjax_compile_s']:>8.1f} {r['rsjax_bank_copies']:>5d}  "
               f"{r['loss_rsjax']:>10.5f} / {r['loss_torch']:<8.5f}")
@@ -430,6 +460,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-rep", type=int, help="steps per repetition (default 1)")
     p.add_argument("--ns", type=float, nargs="+", help="bank sizes of the scaling part (default 1e3 1e4 1e5 1e6)")
     p.add_argument("--no-torch-1thread", action="store_true", help="do not also time PyTorch with one thread")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
+                   help="precision modes of the training steps (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     a = p.parse_args(argv)
     # PyTorch's OpenMP (libgomp) spins while it waits; with other processes on the cores that makes
     # it several times slower. Passive waiting unless the caller chose (read when torch loads).
@@ -437,7 +469,8 @@ def main(argv=None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     host_malloc = keep_freed_memory()
     res = run(quick=a.quick, sizes=a.sizes, methods=tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
-              ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread)
+              ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread,
+              dtypes=tuple(a.dtypes))
     res["host_malloc"] = host_malloc
     if a.json:
         print(json.dumps(res))

@@ -46,9 +46,12 @@ class TorchMS2ANet(nn.Module):
         recon = F.relu(self.dec_bn(self.dec_conv(torch.cat([saf, spf], 1))))
         return recon, m
 
-    def loss(self, x, lam: float):
-        recon, m = self(x)
-        return F.mse_loss(recon, x) + lam * F.mse_loss(m.mean(1), x.mean(1))
+    def loss(self, x, lam: float, amp_dtype=None):
+        """The MS2A-Net loss; ``amp_dtype`` runs the network under ``torch.autocast`` (the loss
+        itself stays float32)."""
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            recon, m = self(x)
+        return F.mse_loss(recon.float(), x) + lam * F.mse_loss(m.float().mean(1), x.mean(1))
 
     @torch.no_grad()
     def load_rsjax(self, params) -> "TorchMS2ANet":
@@ -77,23 +80,37 @@ class TorchMS2ANet(nn.Module):
 
 class TorchTrainer:
     """One training iteration as rsjax's train_step: loss of the incoming parameters, backward,
-    Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8), keeping a copy of the lowest-loss parameters."""
+    Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8), keeping a copy of the lowest-loss parameters.
 
-    def __init__(self, model: TorchMS2ANet, lr: float = 1e-3, lam: float = 0.1):
-        self.model, self.lam = model.train(), lam
+    On CPU the loss is compared on the host; on a GPU the lowest loss and its parameters are kept
+    on the device (``torch.where``), so an iteration does not wait for the GPU, as rsjax's does
+    not. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass under ``torch.autocast``."""
+
+    def __init__(self, model: TorchMS2ANet, lr: float = 1e-3, lam: float = 0.1, amp_dtype=None):
+        self.model, self.lam, self.amp_dtype = model.train(), lam, amp_dtype
         self.opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-        self.best_loss = float("inf")
+        device = next(model.parameters()).device
+        self.on_host = device.type == "cpu"
+        self.best_loss = float("inf") if self.on_host else torch.tensor(float("inf"), device=device)
         self.best = [p.detach().clone() for p in model.parameters()]
 
-    def step(self, x) -> float:
+    def step(self, x) -> float | torch.Tensor:
+        """One iteration; returns the loss (a float on CPU, a 0-d device tensor on a GPU)."""
         self.opt.zero_grad(set_to_none=True)
-        loss = self.model.loss(x, self.lam)
+        loss = self.model.loss(x, self.lam, self.amp_dtype)
         loss.backward()
-        value = float(loss.detach())
-        if value < self.best_loss:
-            self.best_loss = value
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.on_host:
+                value = float(loss.detach())
+                if value < self.best_loss:
+                    self.best_loss = value
+                    for b, p in zip(self.best, self.model.parameters()):
+                        b.copy_(p)
+            else:
+                value = loss.detach()
+                better = value < self.best_loss
+                self.best_loss = torch.where(better, value, self.best_loss)
                 for b, p in zip(self.best, self.model.parameters()):
-                    b.copy_(p)
+                    b.copy_(torch.where(better, p, b))
         self.opt.step()
         return value

@@ -82,7 +82,7 @@ class TorchResNet18Cls(nn.Module):
         for name in self.layers:
             x = getattr(self, name)(x)
         v = self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return F.normalize(v), self.fc2(v)
+        return F.normalize(v.float()), self.fc2(v).float()      # float32 heads under autocast, as rsjax
 
 
 def snca_loss(f, labels, idx, bank, bank_labels, sigma: float):
@@ -106,19 +106,22 @@ class TorchSNCATrainer:
     """One SNCA-CE training step in PyTorch eager, as ``rsjax.train.embed.make_step``.
 
     ``bank_update``: ``'mb'`` (momentum write with ``bank_m``, 0.5 at epoch 0) or ``'mu'``
-    (momentum encoder with ``ema_m`` = 0.999).
+    (momentum encoder with ``ema_m`` = 0.999). ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
+    networks under ``torch.autocast`` (mixed precision; the loss stays float32), as rsjax's
+    ``dtype='bfloat16'``. The model and tensors may live on any device (CUDA for the GPU run).
     """
 
     def __init__(self, model: TorchResNet18Cls, bank: torch.Tensor, bank_labels: torch.Tensor, *,
                  bank_update: str = "mb", lr: float = 0.01, momentum: float = 0.9, nesterov: bool = True,
                  weight_decay: float = 1e-4, sigma: float = 0.1, lam: float = 1.0, bank_m: float = 0.5,
-                 ema_m: float = 0.999):
+                 ema_m: float = 0.999, amp_dtype: torch.dtype | None = None):
         if bank_update not in ("mb", "mu"):
             raise ValueError(f"bank_update {bank_update!r}: use 'mb' or 'mu'")
         self.model = model.train()
         self.bank, self.bank_labels = bank, bank_labels.long()
         self.bank_update, self.sigma, self.lam = bank_update, sigma, lam
         self.bank_m, self.ema_m = bank_m, ema_m
+        self.amp_dtype = amp_dtype
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
                                    weight_decay=weight_decay)
         self.ema = None
@@ -131,7 +134,8 @@ class TorchSNCATrainer:
         """One step on a batch (NCHW float32 images, int64 labels and bank rows); returns the loss
         of the incoming parameters (a detached scalar tensor)."""
         self.opt.zero_grad(set_to_none=True)
-        f, logits = self.model(images)
+        with self._autocast():
+            f, logits = self.model(images)
         loss = F.cross_entropy(logits, labels) + self.lam * snca_loss(
             f, labels, idx, self.bank, self.bank_labels, self.sigma)
         loss.backward()
@@ -141,8 +145,12 @@ class TorchSNCATrainer:
                 m = self.bank_m
                 self.bank[idx] = F.normalize(m * self.bank[idx] + (1.0 - m) * f.detach())
             else:
-                f_hat, _ = self.ema(images)
+                with self._autocast():
+                    f_hat, _ = self.ema(images)
                 self.bank[idx] = f_hat
                 for pe, p in zip(self.ema.parameters(), self.model.parameters()):
                     pe.lerp_(p, 1.0 - self.ema_m)
         return loss.detach()
+
+    def _autocast(self):
+        return torch.autocast(self.bank.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
