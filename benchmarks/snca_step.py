@@ -363,7 +363,7 @@ def _key(rec: dict) -> str:
 
 
 def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_rep=None, ns=None,
-        torch_1thread: bool = True, dtypes=("float32",)) -> dict:
+        torch_1thread: bool = True, dtypes=("float32",), scaling: bool = True) -> dict:
     """Both parts; returns one dict with every figure (what ``--json`` prints). On a GPU the
     training steps are timed in each precision mode of ``dtypes`` and a repetition runs 20 steps
     by default (one step is a few milliseconds there)."""
@@ -386,13 +386,14 @@ def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_r
                      f"(1 thread: {rec['torch_1t_img_s'] or float('nan'):.1f}), ratio {rec['ratio']:.2f}, "
                      f"compile {rec['rsjax_compile_s']:.1f} s, loss {rec['loss_rsjax']:.5f} / {rec['loss_torch']:.5f}")
                 out["steps"].append(rec)
-    _log(f"bank scaling: N = {', '.join(f'{n:.0e}' for n in ns)} ...")
-    with precision("float32"):
-        out["scaling"] = snca_bank_scaling(ns, reps=3)
+    if scaling:
+        _log(f"bank scaling: N = {', '.join(f'{n:.0e}' for n in ns)} ...")
+        with precision("float32"):
+            out["scaling"] = snca_bank_scaling(ns, reps=3)
     out["ratios"] = {_key(r): r["ratio"] for r in out["steps"]}
     out["ratios_vs_best_torch"] = {_key(r): r["ratio_vs_best_torch"] for r in out["steps"]}
     out["min_ratio"] = min(out["ratios"].values()) if out["ratios"] else None
-    out["slope"] = out["scaling"]["slope"]
+    out["slope"] = out["scaling"]["slope"] if scaling else None
     out["total_s"] = time.perf_counter() - t_start
     try:
         out["machine"]["load_avg_1min_end"] = os.getloadavg()[0]
@@ -426,7 +427,10 @@ def print_report(res: dict) -> None:
               f"{r['loss_rsjax']:>10.5f} / {r['loss_torch']:<8.5f}")
     print("rsjax/torch: images/s ratio against PyTorch with every core; rsjax/best: against the faster of "
           "PyTorch's two thread counts; bank cp.: full bank copies in rsjax's compiled step")
-    s = res["scaling"]
+    s = res.get("scaling")
+    if s is None:
+        print(f"total {res['total_s']:.0f} s")
+        return
     print()
     print(f"SNCA loss + gradient w.r.t. f + momentum write (jitted, bank donated), B = {s['batch']}, D = {s['dim']}")
     plain = "plain_time_s" in s
@@ -460,6 +464,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-rep", type=int, help="steps per repetition (default 1)")
     p.add_argument("--ns", type=float, nargs="+", help="bank sizes of the scaling part (default 1e3 1e4 1e5 1e6)")
     p.add_argument("--no-torch-1thread", action="store_true", help="do not also time PyTorch with one thread")
+    p.add_argument("--no-scaling", action="store_true", help="skip the bank-scaling part")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precision modes of the training steps (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     a = p.parse_args(argv)
@@ -470,7 +475,7 @@ def main(argv=None) -> int:
     host_malloc = keep_freed_memory()
     res = run(quick=a.quick, sizes=a.sizes, methods=tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
               ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread,
-              dtypes=tuple(a.dtypes))
+              dtypes=tuple(a.dtypes), scaling=not a.no_scaling)
     res["host_malloc"] = host_malloc
     if a.json:
         print(json.dumps(res))
