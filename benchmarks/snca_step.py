@@ -465,6 +465,7 @@ def main(argv=None) -> int:
     p.add_argument("--ns", type=float, nargs="+", help="bank sizes of the scaling part (default 1e3 1e4 1e5 1e6)")
     p.add_argument("--no-torch-1thread", action="store_true", help="do not also time PyTorch with one thread")
     p.add_argument("--no-scaling", action="store_true", help="skip the bank-scaling part")
+    p.add_argument("--no-steps", action="store_true", help="skip the training steps (the bank-scaling part alone)")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precision modes of the training steps (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     a = p.parse_args(argv)
@@ -473,7 +474,7 @@ def main(argv=None) -> int:
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     host_malloc = keep_freed_memory()
-    res = run(quick=a.quick, sizes=a.sizes, methods=tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
+    res = run(quick=a.quick, sizes=a.sizes, methods=() if a.no_steps else tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
               ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread,
               dtypes=tuple(a.dtypes), scaling=not a.no_scaling)
     res["host_malloc"] = host_malloc
