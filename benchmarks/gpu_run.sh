@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Both speed benchmarks on a GPU machine in one go (the device machine of benchmarks/README.md):
-# rsjax vs PyTorch CUDA, float32 (no TF32) and bfloat16 (mixed precision). Every part has its own
-# time limit so that one failure still leaves the others' figures; JSON and logs go to $OUT.
-#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh
-# Python packages missing there (ml_collections) may be carried as wheels in .whl/.
+# The speed benchmarks on a GPU machine: rsjax vs PyTorch CUDA, float32 (no TF32) and bfloat16
+# (mixed precision). JSON and logs go to $OUT; every part has its own time limit, and each
+# benchmark logs a "record {json}" line per step or shape, so a part cut short keeps what it measured.
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh [PART ...]     PART: ms2anet snca64 snca128 probe (default all)
+# Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
+# parts need about 15 minutes; run them as two calls where one command may take at most 10
+# (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
 set -u
 OUT=${OUT:-/tmp/rsjax_gpu}
 mkdir -p "$OUT"
@@ -16,17 +18,19 @@ start=$(date +%s)
 part() {   # part NAME SECONDS CMD...: one benchmark, its JSON on stdout, its log on stderr
   local name=$1 limit=$2; shift 2
   echo "== $name (limit ${limit} s, at $(( $(date +%s) - start )) s)"
-  timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
-  echo "   exit $?"; tail -n 4 "$OUT/$name.log"
+  timeout "$limit" "$@" > "$OUT/$name.json" 2> >(grep -v cuda_timer > "$OUT/$name.log")
+  echo "   exit $?"; sleep 1; grep -v '^record ' "$OUT/$name.log" | tail -n 4
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/versions.txt"
-part ms2anet 170 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16
-part snca64 210 python3 -m benchmarks.snca_step --json --sizes 64 --dtypes float32 bfloat16
-part snca128 150 python3 -m benchmarks.snca_step --json --sizes 128 --dtypes float32 bfloat16 --no-scaling
-left=$(( ${RSJAX_GPU_BUDGET:-560} - ($(date +%s) - start) ))
-if [ "$left" -gt 40 ]; then   # the CPU's GEMM forms on the GPU, to show why auto picks XLA's there
-  RSJAX_CONV=gemm part ms2anet_gemm_forms $(( left - 10 )) python3 -m benchmarks.ms2anet_step --json --shapes trento --reps 3
-fi
+for p in ${*:-ms2anet probe snca64 snca128}; do
+  case $p in
+    ms2anet) part ms2anet 240 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16 ;;
+    probe)   part conv_probe 90 python3 -m benchmarks.conv_probe --json ;;
+    snca64)  part snca64 420 python3 -m benchmarks.snca_step --json --sizes 64 --dtypes float32 bfloat16 ;;
+    snca128) part snca128 420 python3 -m benchmarks.snca_step --json --sizes 128 --dtypes float32 bfloat16 --no-scaling ;;
+    *) echo "unknown part $p: use ms2anet, probe, snca64, snca128" >&2; exit 2 ;;
+  esac
+done
 echo "== done in $(( $(date +%s) - start )) s"

@@ -386,6 +386,7 @@ def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_r
                      f"(1 thread: {rec['torch_1t_img_s'] or float('nan'):.1f}), ratio {rec['ratio']:.2f}, "
                      f"compile {rec['rsjax_compile_s']:.1f} s, loss {rec['loss_rsjax']:.5f} / {rec['loss_torch']:.5f}")
                 out["steps"].append(rec)
+                _log("record " + json.dumps(rec))   # kept in the log should the run be cut short
     if scaling:
         _log(f"bank scaling: N = {', '.join(f'{n:.0e}' for n in ns)} ...")
         with precision("float32"):
