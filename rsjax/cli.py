@@ -34,6 +34,7 @@ def _positive_int(text: str) -> int:
 def add_cluster_parser(sub) -> None:
     from rsjax.cluster import METHODS
     from rsjax.data.hsi import REGISTRY
+    from rsjax.models.layers import COMPUTE_DTYPES
     p = sub.add_parser("cluster", help="cluster a hyperspectral scene (MS2A-Net or a baseline)",
                        description="Cluster a hyperspectral scene and report Hungarian-matched OA, AA, Kappa, "
                                    "per-class accuracy, NMI and ARI over seeds. With no arguments: MS2A-Net "
@@ -49,6 +50,8 @@ def add_cluster_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--ablation", choices=("A1", "A2", "A3"), default=None,
                    help="A1 spectral stream only, A2 spatial only, A3 both (default)")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
+                   help="MS2A-Net's convolutions: float32 (default) or bfloat16 (mixed precision, for GPUs)")
     p.add_argument("--out", default="rsjax_out", help="output directory (default ./rsjax_out)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,7 +66,7 @@ def cmd_cluster(args) -> int:
         raise DataError("pass either --dataset or --cube/--gt, not both.")
     cfg = configs.get("ms2anet")
     cfg.method = args.method
-    for key in ("iters", "lam", "lr", "ablation"):
+    for key in ("iters", "lam", "lr", "ablation", "dtype"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if cfg.iters < cfg.chunk:

@@ -5,6 +5,7 @@ import json
 
 
 def add_embed_parser(sub) -> None:
+    from rsjax.models.layers import COMPUTE_DTYPES
     from rsjax.train.embed import METHODS
     p = sub.add_parser("embed", help="learn and evaluate scene embeddings (SNCA-CE and baselines)")
     esub = p.add_subparsers(dest="embed_command", required=True)
@@ -21,6 +22,8 @@ def add_embed_parser(sub) -> None:
                              ("dim", int, "embedding size D (128)"), ("m", float, "bank / EMA momentum"),
                              ("seed", int, "seed of split, init, batches and augmentation")):
         t.add_argument(f"--{name}", type=typ, default=None, help=help_)
+    t.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
+                   help="float32 (default) or bfloat16 (mixed precision, for GPUs)")
     t.add_argument("--pretrained", default=None, help="a torchvision ResNet18 state_dict (.pth) to start from")
     t.add_argument("--json", action="store_true", help="print the results as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -48,7 +51,7 @@ def cmd_train(args) -> int:
     from rsjax.metrics.retrieval import format_table, scalar_scores
     cfg = configs.get(args.method)
     cfg.dataset = args.dataset
-    for key in ("epochs", "image_size", "batch_size", "lr", "sigma", "lam", "dim", "m", "seed", "pretrained"):
+    for key in ("epochs", "image_size", "batch_size", "lr", "sigma", "lam", "dim", "m", "seed", "pretrained", "dtype"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     workdir = args.workdir or f"runs/{args.dataset.replace('/', '_').replace(':', '_')}_{args.method}_s{cfg.seed}"

@@ -27,7 +27,7 @@ def _ms2anet_loss_and_grads(model, variables, x):
         out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
                              mutable=["batch_stats"])
         return ms2anet_loss(x, out, 0.1)
-    return jax.value_and_grad(loss)(variables["params"])
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])   # a new function: traced anew
 
 
 def _walk(jaxpr):
@@ -85,7 +85,7 @@ def test_resnet_default_conv_follows_the_setting(monkeypatch):
     results = {}
     for form in ("gemm", "xla"):
         monkeypatch.setenv("RSJAX_CONV", form)
-        results[form] = jax.value_and_grad(loss)(variables["params"])
+        results[form] = jax.jit(jax.value_and_grad(lambda p: loss(p)))(variables["params"])
         # a new function object: jit's trace cache would return the first trace (the setting is
         # read when a function is traced)
         assert ("conv_general_dilated" in _primitives(lambda p: loss(p), variables["params"])) == (form == "xla")
@@ -152,8 +152,21 @@ def test_resnet_bfloat16_step_tracks_float32():
         assert out["embedding"].dtype == out["logits"].dtype == jnp.float32
         return optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
 
-    (l32, g32), (l16, g16) = (jax.value_and_grad(lambda p: loss(m, p))(variables["params"]) for m in (m32, m16))
+    (l32, g32), (l16, g16) = (jax.jit(jax.value_and_grad(lambda p: loss(m, p)))(variables["params"]) for m in (m32, m16))
     np.testing.assert_allclose(l16, l32, rtol=5e-2)
     # bfloat16 keeps 8 bits of mantissa and train-mode BatchNorm over the 4 values of layer4's
     # 1 x 1 maps amplifies that (0.97 here); a broken cast or gradient path gives ~0
     assert _cosine(g16, g32) > 0.9
+
+
+def test_configs_carry_the_dtype_to_the_models():
+    from rsjax import configs
+    from rsjax.train import embed, hsi
+    for name, build in (("ms2anet", lambda c: hsi.build_model(c, 5)), ("snca-ce-mb", lambda c: embed.build_model(c, 3))):
+        cfg = configs.get(name)
+        assert cfg.dtype == "float32" and build(cfg).dtype == jnp.float32
+        cfg.dtype = "bfloat16"
+        assert build(cfg).dtype == jnp.bfloat16
+        cfg.dtype = "half"
+        with pytest.raises(ValueError, match="half"):
+            build(cfg)

@@ -45,6 +45,19 @@ def test_checkpoint_restores_the_trained_state(tmp_path):
     assert "spatial" in state["best_params"]
 
 
+def test_bfloat16_run_keeps_float32_parameters(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from rsjax.train.checkpoint import restore
+    cube, gt = _write_scene(tmp_path)
+    assert main(["cluster", "--cube", str(cube), "--gt", str(gt), "--iters", "3", "--dtype", "bfloat16",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    state = restore(tmp_path / "o" / "checkpoint_seed0")
+    assert {leaf.dtype for leaf in jax.tree.leaves(state["best_params"])} == {jnp.dtype(jnp.float32)}
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert 0 <= metrics["summary"]["OA"]["mean"] <= 100
+
+
 def test_geotiff_input_gives_geotiff_labels(tmp_path):
     rasterio = pytest.importorskip("rasterio")
     from rasterio.transform import from_origin
@@ -69,3 +82,6 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
     assert "unknown dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["cluster", "--seeds", "0"])
+    with pytest.raises(SystemExit):
+        main(["cluster", "--dtype", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
