@@ -1,4 +1,4 @@
-"""What the benchmarks record about the machine they ran on."""
+"""What the benchmarks record about the machine they ran on, and what their GPU runs share."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +8,9 @@ import platform
 
 
 def machine() -> dict:
-    """CPU model and count, the GPU (when JAX runs on one), library versions, PyTorch's thread count and OpenMP wait policy, the
-    JAX backend, the 1-minute load average now (``load_avg_1min_start``) and the date."""
+    """CPU model and count, the GPU (when JAX runs on one), library versions, PyTorch's thread
+    count and OpenMP wait policy, the JAX backend, the 1-minute load average now
+    (``load_avg_1min_start``) and the date."""
     import flax
     import jax
     import optax

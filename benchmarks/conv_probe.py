@@ -29,14 +29,15 @@ CONVS = [("spatial_l1", 5, 63, 12, 1, False), ("spatial_l2", 5, 63, 12, 2, False
 
 
 def _median_time(fn, sync, reps: int, inner: int) -> float:
-    fn()
-    sync()
+    """Median over ``reps`` of the time per call of ``inner`` calls of ``fn`` queued back to back,
+    ``sync(last result)`` after them."""
+    sync(fn())
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         for _ in range(inner):
-            fn()
-        sync()
+            out = fn()
+        sync(out)
         times.append((time.perf_counter() - t) / inner)
     return float(np.median(times))
 
@@ -72,9 +73,8 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
                                                              dimension_numbers=("NHWC", "HWIO", "NHWC")),
                                     p_nhwc).astype(jnp.float32), argnums=argnums))
         kj = jnp.asarray(kern, jdt)
-        jsync = lambda: None
-        t_cnhw = _median_time(lambda: jax.block_until_ready(f_cnhw(x_cnhw, kj)), jsync, reps, inner)
-        t_nhwc = _median_time(lambda: jax.block_until_ready(f_nhwc(x_nhwc, kj)), jsync, reps, inner)
+        t_cnhw = _median_time(lambda: f_cnhw(x_cnhw, kj), jax.block_until_ready, reps, inner)
+        t_nhwc = _median_time(lambda: f_nhwc(x_nhwc, kj), jax.block_until_ready, reps, inner)
 
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev, tdt).requires_grad_(need_dx)
         kt = torch.from_numpy(kern.transpose(3, 2, 0, 1).copy()).to(dev, tdt).requires_grad_(True)
@@ -85,7 +85,7 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
             (y * pt).float().sum().backward()
             kt.grad = None
             xt.grad = None
-        t_torch = _median_time(torch_fb, torch_sync, reps, inner)
+        t_torch = _median_time(torch_fb, lambda _: torch_sync(), reps, inner)
         flops = 2.0 * h * w * k * k * cin * cout * (3 if need_dx else 2)
         rows.append({"conv": name, "k": k, "cin": cin, "cout": cout, "dilation": dil, "input_grad": need_dx,
                      "dtype": dtype, "rsjax_cnhw_s": t_cnhw, "xla_nhwc_s": t_nhwc, "torch_s": t_torch,

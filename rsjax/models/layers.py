@@ -67,7 +67,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 def compute_dtype(name) -> jnp.dtype:
     """The computation type a config names: ``float32``, or ``bfloat16`` for mixed precision
-    (bfloat16 convolutions and matrix products; float32 parameters, BatchNorm statistics, loss)."""
+    (bfloat16 convolutions, and the ResNet's FC layers; float32 parameters, BatchNorm statistics
+    and loss). Meant for GPUs: on CPU the GEMM forms then also accumulate kernel gradients in
+    bfloat16."""
     if str(name) not in COMPUTE_DTYPES:
         raise ValueError(f"dtype {name!r} is not supported: use one of {', '.join(COMPUTE_DTYPES)}")
     return jnp.dtype(str(name))

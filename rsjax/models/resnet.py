@@ -14,14 +14,14 @@ PyTorch's ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``. Convolutions are Kaiming-norma
 
 Every convolution of the network is made by the one ``conv`` field of :class:`ResNet`. By
 default (``None``) that is :class:`Conv` where :func:`rsjax.models.layers.gemm_forms` holds (the
-CPU backend) and ``flax.linen.Conv`` (cuDNN) on a GPU or TPU. :class:`Conv` computes the same convolution as ``flax.linen.Conv`` (same parameter
-names and shapes) as one GEMM over gathered patches (:func:`conv_im2col`; with a ResNet's
-many channels and small images this beat the GEMM over taps of
-:func:`rsjax.models.layers.conv_taps` by 1.3x in the whole SNCA-CE step), with the kernel gradient
-written out as a row-major GEMM (:func:`_patch_gemm`); the max-pool keeps the index of
-the first maximum and routes the gradient there (:func:`max_pool`). On a CPU, XLA's own
-convolution and max-pool gradients are several times slower; both forms are equal in value
-and gradient (tests/test_resnet_ops.py), and ``conv=flax.linen.Conv`` restores XLA's.
+CPU backend) and ``flax.linen.Conv`` (cuDNN) on a GPU or TPU. :class:`Conv` computes the same
+convolution as ``flax.linen.Conv`` (same parameter names and shapes) as one GEMM over gathered
+patches (:func:`conv_im2col`; with a ResNet's many channels and small images this beat the GEMM
+over taps of :func:`rsjax.models.layers.conv_taps` by 1.3x in the whole SNCA-CE step), with the
+kernel gradient written out as a row-major GEMM (:func:`_patch_gemm`); the max-pool keeps the
+index of the first maximum and routes the gradient there (:func:`max_pool`). On a CPU, XLA's own
+convolution and max-pool gradients are several times slower; both forms are equal in value and
+gradient (tests/test_resnet_ops.py), and ``conv=flax.linen.Conv`` chooses XLA's on any backend.
 """
 from __future__ import annotations
 
