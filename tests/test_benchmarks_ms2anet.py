@@ -85,3 +85,28 @@ def test_reference_torch_training_is_seeded():
     assert a.shape == (7, 9, 36) and np.all(a >= 0)      # M' after ReLU
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_bench_shape_bfloat16_and_the_precision_modes():
+    """The GPU run's pieces on CPU: mixed precision in both frameworks (first losses within
+    bfloat16 rounding), and an unknown precision mode named in the error."""
+    pytest.importorskip("torch")
+    from benchmarks.common import precision
+    from benchmarks.ms2anet_step import bench_shape
+    cube = np.random.default_rng(1).random((10, 13, 8), dtype=np.float32)
+    with precision("bfloat16"):
+        r = bench_shape("tiny", cube, reps=1, chunk=2, log=lambda *a, **k: None, dtype="bfloat16")
+    assert r["dtype"] == "bfloat16" and r["device"] == "cpu"
+    np.testing.assert_allclose(r["loss_rsjax"], r["loss_torch"], rtol=3e-2)
+    with pytest.raises(ValueError, match="fp16"):
+        with precision("fp16"):
+            pass
+
+
+def test_conv_probe_tiny():
+    pytest.importorskip("torch")
+    from benchmarks.conv_probe import CONVS, probe
+    rows = probe(6, 7, "float32", reps=1, inner=1)
+    assert [r["conv"] for r in rows] == [c[0] for c in CONVS]
+    for r in rows:
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("rsjax_cnhw_s", "xla_nhwc_s", "torch_s", "flops"))
