@@ -258,7 +258,8 @@ def main(argv=None) -> int:
                 cube = _cube(name, args.quick)
                 log(f"{name}: {cube.shape} {dtype}")
                 shapes[name] = bench_shape(name, cube, reps, chunk, log=log, dtype=dtype)
-                log("record " + json.dumps(shapes[name]))   # kept in the log should the run be cut short
+                if args.json:                                # kept in the log should the run be cut short
+                    log("record " + json.dumps(shapes[name]))
             run["gemm_after"] = gemm_peak(gemm_n, dtype=dtype)
         peak = max(run["gemm_before"]["peak_gflops"], run["gemm_after"]["peak_gflops"])
         run["gemm_peak_gflops"] = peak

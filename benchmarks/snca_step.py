@@ -363,10 +363,11 @@ def _key(rec: dict) -> str:
 
 
 def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_rep=None, ns=None,
-        torch_1thread: bool = True, dtypes=("float32",), scaling: bool = True) -> dict:
+        torch_1thread: bool = True, dtypes=("float32",), scaling: bool = True, log_records: bool = False) -> dict:
     """Both parts; returns one dict with every figure (what ``--json`` prints). On a GPU the
     training steps are timed in each precision mode of ``dtypes`` and a repetition runs 20 steps
-    by default (one step is a few milliseconds there)."""
+    by default (one step is a few milliseconds there). ``log_records``: each step's figures also
+    go to stderr as a ``record {json}`` line as soon as they are measured."""
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     torch.backends.cudnn.benchmark = True     # fixed shapes: let cuDNN pick, as XLA autotunes
@@ -386,7 +387,8 @@ def run(quick: bool = False, sizes=None, methods=METHODS, reps=None, steps_per_r
                      f"(1 thread: {rec['torch_1t_img_s'] or float('nan'):.1f}), ratio {rec['ratio']:.2f}, "
                      f"compile {rec['rsjax_compile_s']:.1f} s, loss {rec['loss_rsjax']:.5f} / {rec['loss_torch']:.5f}")
                 out["steps"].append(rec)
-                _log("record " + json.dumps(rec))   # kept in the log should the run be cut short
+                if log_records:                     # kept in the log should the run be cut short
+                    _log("record " + json.dumps(rec))
     if scaling:
         _log(f"bank scaling: N = {', '.join(f'{n:.0e}' for n in ns)} ...")
         with precision("float32"):
@@ -477,7 +479,7 @@ def main(argv=None) -> int:
     host_malloc = keep_freed_memory()
     res = run(quick=a.quick, sizes=a.sizes, methods=() if a.no_steps else tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
               ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread,
-              dtypes=tuple(a.dtypes), scaling=not a.no_scaling)
+              dtypes=tuple(a.dtypes), scaling=not a.no_scaling, log_records=a.json)
     res["host_malloc"] = host_malloc
     if a.json:
         print(json.dumps(res))
