@@ -38,8 +38,10 @@ def gemm_forms() -> bool:
     with XLA's own convolution and transpose.
 
     Read when a function is traced, from the environment variable ``RSJAX_CONV``: ``auto``
-    (default: the GEMM forms on the CPU backend, XLA's on GPU and TPU, where cuDNN's convolutions
-    are the fast ones), ``gemm`` or ``xla``. Both compute the same function (tests)."""
+    (default: the GEMM forms on the CPU backend, for which they were written and measured; XLA's
+    on GPU and TPU, which lower them to cuDNN and the like), ``gemm`` or ``xla``. Both compute the
+    same function (tests). On an H100 the XLA forms were measured (``benchmarks/README.md``), the
+    GEMM forms not."""
     choice = os.environ.get("RSJAX_CONV", "auto").strip().lower() or "auto"
     if choice not in CONV_CHOICES:
         raise ValueError(f"RSJAX_CONV={choice!r} is not one of {', '.join(CONV_CHOICES)}; "
