@@ -14,8 +14,8 @@ backwards. When ``Cin < Cout`` the inputs are gathered instead (im2col,
 ``(Cout, taps * Cin) @ (taps * Cin, pixels)``), which moves less data. On CPU these run at GEMM
 speed, where XLA's (dilated) convolution does not (its weight gradient is ~100x slower).
 
-Those GEMM forms are written for XLA:CPU. On a GPU (or TPU) XLA's own convolution (cuDNN) is the
-fast one, so :func:`gemm_forms` picks per backend; ``RSJAX_CONV=gemm|xla`` overrides it.
+Those GEMM forms are written for XLA:CPU; on a GPU (or TPU) rsjax uses XLA's own convolution
+(cuDNN on a GPU) instead: :func:`gemm_forms` picks per backend, ``RSJAX_CONV=gemm|xla`` overrides it.
 """
 from __future__ import annotations
 
