@@ -42,6 +42,12 @@ def machine() -> dict:
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
+def model_dtype(mode: str) -> str:
+    """The ``dtype`` setting of rsjax's models in a precision mode: ``bfloat16`` in ``bfloat16``,
+    ``float32`` in ``float32`` and ``tf32`` (TF32 is a way of multiplying float32 arrays)."""
+    return "bfloat16" if mode == "bfloat16" else "float32"
+
+
 def on_gpu() -> bool:
     """Whether JAX's default backend is a GPU (then PyTorch runs on CUDA too)."""
     import jax

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import PRECISIONS, machine, precision, torch_device, torch_sync
+from benchmarks.common import PRECISIONS, machine, model_dtype, precision, torch_device, torch_sync
 
 # (name, kernel size, cin, cout, dilation, input gradient needed)
 CONVS = [("spatial_l1", 5, 63, 12, 1, False), ("spatial_l2", 5, 63, 12, 2, False),
@@ -49,10 +49,10 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
     import torch.nn.functional as F
     from jax import lax
 
-    from rsjax.models.layers import conv_same_multi
+    from rsjax.models.layers import compute_dtype, conv_same_multi
 
-    jdt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    jdt = compute_dtype(model_dtype(dtype))
+    tdt = getattr(torch, model_dtype(dtype))
     dev = torch_device()
     rng = np.random.default_rng(0)
     rows = []

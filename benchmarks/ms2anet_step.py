@@ -35,7 +35,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import PRECISIONS, gpu_memory, machine, on_gpu, precision, torch_device, torch_sync
+from benchmarks.common import (PRECISIONS, gpu_memory, machine, model_dtype, on_gpu, precision, torch_device,
+                               torch_sync)
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -79,7 +80,8 @@ def gemm_peak(n: int = 2048, reps: int = 3, dtype: str = "float32") -> dict:
     import jax.numpy as jnp
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    jdt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    from rsjax.models.layers import compute_dtype
+    jdt = compute_dtype(model_dtype(dtype))
     ja, jb = jnp.asarray(a, jdt), jnp.asarray(b, jdt)
     mm = jax.jit(jnp.matmul)
     mm(ja, jb).block_until_ready()
@@ -129,13 +131,14 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
 
     from benchmarks.flops import count_flops
     from benchmarks.torch_ms2anet import TorchMS2ANet, TorchTrainer
+    from rsjax.models.layers import compute_dtype
     from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
     from rsjax.train.hsi import apply_model, init_state, prepare_input, train_chunk, train_step
 
     h, w, d = cube.shape
     x = jnp.asarray(cube)[None]
-    bf16 = dtype == "bfloat16"
-    model = MS2ANet(d, dtype=jnp.bfloat16 if bf16 else jnp.float32)
+    bf16 = model_dtype(dtype) == "bfloat16"
+    model = MS2ANet(d, dtype=compute_dtype(model_dtype(dtype)))
     tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
     dev = torch_device()
     res = {"shape": [h, w, d], "pixels": h * w, "chunk": chunk, "reps": reps, "dtype": dtype, "device": dev.type}

@@ -52,7 +52,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import PRECISIONS, gpu_memory, machine, on_gpu, precision, torch_device, torch_sync
+from benchmarks.common import (PRECISIONS, gpu_memory, machine, model_dtype, on_gpu, precision, torch_device,
+                               torch_sync)
 from rsjax.hostmem import keep_freed_memory
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
@@ -102,7 +103,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     from rsjax.train import embed
 
     cfg = _step_config(method, size)
-    cfg.dtype = "bfloat16" if dtype == "bfloat16" else "float32"
+    cfg.dtype = model_dtype(dtype)
     dev = torch_device()
     spec = embed.method_spec(method)
     labels_np = _bank_labels()
@@ -134,7 +135,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
                                weight_decay=float(cfg.weight_decay), sigma=float(cfg.sigma),
                                lam=float(cfg.lam), bank_m=float(cfg.m) if spec.bank_update == "mb" else 0.5,
                                ema_m=float(cfg.m) if spec.bank_update == "mu" else 0.999,
-                               amp_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+                               amp_dtype=torch.bfloat16 if cfg.dtype == "bfloat16" else None)
 
     x = jnp.asarray(images_np)
     epoch = jnp.int32(0)
