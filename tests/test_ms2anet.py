@@ -145,3 +145,29 @@ def test_step_compiles_once():
 def test_spf_odd_rejects_unknown_choice():
     with pytest.raises(ValueError, match="odd must be one of"):
         MS2ANet(4, spf_odd="pad").init(jax.random.key(0), jnp.ones((1, 5, 5, 4)))
+
+
+def test_compiled_init_equals_eager_init():
+    """init_state compiles model.init; the parameters must be those of the eager call, so a seed
+    keeps giving the same network (and the committed results stay reproducible)."""
+    from rsjax.train.hsi import _init_variables
+    x = jax.random.uniform(jax.random.key(1), (1, 7, 8, 5))
+    model = MS2ANet(5)
+    for seed in (0, 3):
+        eager = model.init(jax.random.key(seed), x, train=True)
+        compiled = _init_variables(model, jax.random.key(seed), x)
+        assert jax.tree.structure(eager) == jax.tree.structure(compiled)
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(eager), jax.device_get(compiled))
+
+
+def test_fit_compiles_once_across_seeds():
+    """The seeds of one run share the compiled chunk and feature extraction (and the model's init)."""
+    from rsjax.train import hsi
+    cfg = configs.get("ms2anet")
+    cfg.iters, cfg.chunk = 4, 4
+    cube = np.asarray(jax.random.uniform(jax.random.key(2), (6, 7, 5)))
+    hsi.fit(cfg, cube, seed=0, progress=False)
+    sizes = [f._cache_size() for f in (hsi._train_chunk, hsi._apply_model, hsi._init_variables)]
+    codes = [hsi.fit(cfg, cube, seed=s, progress=False)["code"] for s in (1, 2)]
+    assert [f._cache_size() for f in (hsi._train_chunk, hsi._apply_model, hsi._init_variables)] == sizes
+    assert not np.array_equal(codes[0], codes[1])       # the seeds still differ
