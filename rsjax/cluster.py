@@ -17,9 +17,11 @@ from rsjax.metrics.clustering import clustering_scores, kmeans, summarize
 METHODS = ("ms2anet", "kmeans", "ae", "cae")
 
 
-def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False) -> dict:
+def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False, checkpoint: str | Path | None = None) -> dict:
     """One seed: the features, the k-means labels of every pixel and the metrics on labeled pixels.
-    ``time`` covers training, feature extraction and k-means (the paper's processing time)."""
+    ``time`` covers training, feature extraction and k-means (the paper's processing time; a resumed
+    training counts the time of its earlier, interrupted runs too). ``checkpoint``: the directory
+    where training writes its state and resumes from it (:func:`rsjax.train.hsi.fit`)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}.")
     x = minmax_scale(scene.cube)
@@ -29,7 +31,7 @@ def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False) -> dict:
         features = x
     else:
         from rsjax.train.hsi import fit  # JAX is imported only when a network is trained
-        fitted = fit(cfg, x, seed, progress=progress)
+        fitted = fit(cfg, x, seed, progress=progress, checkpoint=checkpoint)
         features = fitted["code"]
     # k-means seed: the authors fix random_state=0; the spectra baseline varies it per seed.
     km_seed = cfg.kmeans_seed + (seed if cfg.method == "kmeans" else 0)
@@ -37,7 +39,7 @@ def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False) -> dict:
     elapsed = time.perf_counter() - t0
     labeled = scene.gt > 0
     scores = clustering_scores(scene.gt[labeled], labels[labeled])
-    scores["time"] = elapsed
+    scores["time"] = elapsed + (fitted["prior_time"] if fitted is not None else 0.0)
     scores["seed"] = seed
     if fitted is not None:
         scores["final_loss"] = float(fitted["losses"][-1])
@@ -47,14 +49,17 @@ def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False) -> dict:
 
 def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """All seeds; with ``out_dir`` writes metrics.json, labels per seed (.npy, and .tif when the
-    input was a GeoTIFF), the class-map PNG of the first seed and a checkpoint per seed."""
+    input was a GeoTIFF), the class-map PNG of the first seed and a checkpoint per seed, written
+    during training too: a rerun into the same directory resumes where an interrupted one stopped
+    (seeds already trained are not trained again)."""
     validate(scene, n_clusters=scene.n_classes)
     runs, first = [], None
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        r = cluster_once(scene, cfg, seed, progress=progress)
+        ckpt = out / f"checkpoint_seed{seed}" if out is not None and cfg.method != "kmeans" else None
+        r = cluster_once(scene, cfg, seed, progress=progress, checkpoint=ckpt)
         runs.append(r["scores"])
         first = first or r
         if out is not None:
@@ -74,9 +79,7 @@ def _write_seed(out: Path, scene: Scene, cfg, seed: int, r: dict) -> None:
     np.save(out / f"labels_seed{seed}.npy", r["labels"].astype(np.int16))
     if scene.georef is not None:
         _write_geotiff(out / f"labels_seed{seed}.tif", r["labels"], scene.georef)
-    if r["fitted"] is not None:
-        from rsjax.train.checkpoint import save
-        save(out / f"checkpoint_seed{seed}", r["fitted"]["state"])
+    if r["fitted"] is not None:      # its checkpoint_seed<seed>/ was written by training
         np.save(out / f"losses_seed{seed}.npy", r["fitted"]["losses"])
 
 

@@ -5,6 +5,8 @@ run killed mid-save leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,12 @@ def restore(path: str | Path, like: Any | None = None) -> Any:
             return ckptr.restore(path)
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
         return ckptr.restore(path, abstract)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename: a reader sees the old
+    file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import re
 import shutil
 import time
@@ -347,12 +346,6 @@ def latest_checkpoint(workdir: str | Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _unpack_data(data) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(data, Mapping):
         return np.asarray(data["images"]), np.asarray(data["labels"])
@@ -412,7 +405,7 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
         if history_path.exists():
             history = [h for h in json.loads(history_path.read_text()) if h["epoch"] < start_epoch]
     else:
-        _write_json_atomic(workdir / "config.json", json.loads(cfg.to_json()))
+        checkpoint.write_json_atomic(workdir / "config.json", json.loads(cfg.to_json()))
     if mesh is not None:
         state = parallel.replicate(mesh, state)
     step = compile_step(make_step(cfg, model, tx), mesh)
@@ -454,7 +447,7 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
             val = val_fn(state, epoch)
             record.update(val if isinstance(val, Mapping) else {"val_knn_acc": float(val)})
         history.append(record)
-        _write_json_atomic(history_path, history)
+        checkpoint.write_json_atomic(history_path, history)
         checkpoint.save(workdir / "checkpoints" / f"epoch_{epoch + 1:04d}", state)
         _prune_checkpoints(workdir, int(cfg.keep_checkpoints))
     return {"state": state, "history": history, "model": model}

@@ -5,12 +5,18 @@ iteration (forward, backward, Adam) and :func:`train_chunk` runs ``n`` of them i
 ``lax.scan`` so the host syncs once per chunk, not per iteration. For MS2A-Net the chunk first
 prepares the scene's loop-invariant arrays (:func:`~rsjax.models.ms2anet.prepare_scene`: its
 channels-first copy, softmax over bands and band mean) once, outside the scan. The parameters of the
-lowest-loss iteration are kept on device, and M' is extracted with them.
+lowest-loss iteration are kept on device, and M' is extracted with them. :func:`fit` trains
+chunk by chunk, checkpointing the state when asked to, and resumes an interrupted training.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import sys
 import time
 from functools import lru_cache, partial
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -26,6 +32,8 @@ from rsjax.models.ms2anet import MS2ANet, PreparedScene, ms2anet_loss, prepare_s
 
 
 KEEP = ("updated", "evaluated")   # which parameters the lowest loss keeps (see train_step)
+CHECKPOINT_EVERY_S = 60.0         # fit(checkpoint=...) writes the state at most this often (and at the end)
+_NOT_FINGERPRINTED = ("dataset", "seeds", "kmeans_seed")   # config keys that do not change the training
 
 
 @flax.struct.dataclass
@@ -131,20 +139,44 @@ def adam(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None) -> dict:
+def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None,
+        checkpoint: str | Path | None = None, checkpoint_every_s: float | None = None) -> dict:
     """Train ``cfg.method`` on a min-max scaled cube (H, W, D); return the trained state,
-    the loss curve, the latent code of every pixel (H, W, C) and timings."""
+    the loss curve, the latent code of every pixel (H, W, C) and timings.
+
+    With ``checkpoint`` (a directory), the training state is written there atomically (orbax)
+    after the last chunk and after any chunk that ends ``checkpoint_every_s`` seconds (default
+    :data:`CHECKPOINT_EVERY_S`) or more after the previous write, with ``<checkpoint>.json``
+    beside it (the settings' fingerprint, the losses so far, the time spent). A rerun with the
+    same settings, cube and seed resumes from it: the chunks already trained are skipped (all of
+    them when the run had finished) and the result is the uninterrupted run's (tests). A
+    checkpoint of other settings is deleted and training starts afresh. ``prior_time`` in the
+    result is the time that earlier, interrupted calls spent."""
+    t_start = time.perf_counter()
     model = build_model(cfg, cube01.shape[-1])
     tx = adam(float(cfg.lr))
     lam = float(cfg.lam) if cfg.method == "ms2anet" else 0.0
     x = jnp.asarray(cube01)[None]
     state = init_state(model, x, tx, seed)
     keep = cfg.get("keep", "updated")
+    losses, prior_time, fingerprint = [], 0.0, None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        fingerprint = _fingerprint(cfg, cube01, seed)
+        state, losses, prior_time = _resume(checkpoint, fingerprint, state)
+    every = CHECKPOINT_EVERY_S if checkpoint_every_s is None else checkpoint_every_s
     t0 = time.perf_counter()
-    losses = []
     sizes = [cfg.chunk] * (cfg.iters // cfg.chunk) + ([cfg.iters % cfg.chunk] if cfg.iters % cfg.chunk else [])
+    bounds = np.cumsum([0] + sizes).tolist()                  # iterations done at each chunk boundary
+    done = int(state.step)
+    if done not in bounds:
+        raise ValueError(f"{checkpoint}: its state stopped at iteration {done}, not at the end of a chunk "
+                         f"of {cfg.chunk}; delete it to train afresh.")
+    sizes = sizes[bounds.index(done):]
     bar = _progress(cfg.iters, f"{cfg.method} seed {seed}", progress)
-    for n in sizes:
+    bar.update(done)
+    last_save = time.perf_counter()
+    for k, n in enumerate(sizes):
         state, chunk_losses = _train_chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
         chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
         if not np.all(np.isfinite(chunk_losses)):
@@ -153,13 +185,58 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None
         losses.extend(chunk_losses.tolist())
         bar.update(n)
         bar.set_postfix(loss=f"{chunk_losses[-1]:.4f}")
+        if checkpoint is not None and (k == len(sizes) - 1 or time.perf_counter() - last_save >= every):
+            _save_progress(checkpoint, fingerprint, state, losses, prior_time + time.perf_counter() - t_start)
+            last_save = time.perf_counter()
         if on_chunk is not None:
             on_chunk(state)
     bar.close()
     out, _ = _apply_model(model, state.best_params, state.best_batch_stats, x)
     code = np.asarray(out["code"][0])
     train_time = time.perf_counter() - t0
-    return {"state": state, "losses": np.asarray(losses), "code": code, "train_time": train_time}
+    return {"state": state, "losses": np.asarray(losses), "code": code, "train_time": train_time,
+            "prior_time": prior_time}
+
+
+# ----------------------------------------------------------------------------- checkpoints and resuming
+
+def _fingerprint(cfg, cube01: np.ndarray, seed: int) -> dict:
+    """What makes two trainings the same: the settings that shape training, the seed and the cube."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    cube = np.ascontiguousarray(cube01, np.float32)
+    return json.loads(json.dumps({"config": settings, "seed": int(seed), "cube_shape": list(cube.shape),
+                                  "cube_sha1": hashlib.sha1(cube.tobytes()).hexdigest()}, default=list))
+
+
+def _sidecar(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".json")
+
+
+def _save_progress(checkpoint: Path, fingerprint: dict, state: HSIState, losses: list, elapsed: float) -> None:
+    """The sidecar first, then the state: a run killed between the two leaves a sidecar ahead of the
+    state, never behind it (``_resume`` cuts the losses to the state's step)."""
+    from rsjax.train.checkpoint import save, write_json_atomic
+    write_json_atomic(_sidecar(checkpoint), {"fingerprint": fingerprint, "step": len(losses),
+                                             "losses": losses, "time": elapsed})
+    save(checkpoint, state)
+
+
+def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSIState, list, float]:
+    """The saved state, its losses and time when ``checkpoint`` holds this training; else the fresh
+    ``state`` (and a checkpoint of other settings is deleted first, so it can never be resumed)."""
+    from rsjax.train.checkpoint import restore
+    side = _sidecar(checkpoint)
+    meta = json.loads(side.read_text()) if side.exists() else None
+    if meta is not None and meta.get("fingerprint") != fingerprint:
+        print(f"{checkpoint}: trained with other settings or data; training afresh.", file=sys.stderr)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        side.unlink()
+        meta = None
+    if meta is None or not checkpoint.exists():
+        return state, [], 0.0
+    state = restore(checkpoint, like=state)
+    step = int(state.step)
+    return state, list(meta["losses"][:step]), float(meta["time"])
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -1,0 +1,123 @@
+"""An interrupted ``rsjax cluster`` resumes where it stopped and ends where an uninterrupted run
+ends; a finished seed is not trained again; a checkpoint of other settings is not resumed."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from rsjax import cluster, configs
+from rsjax.data.hsi import load_scene
+from rsjax.train import checkpoint as ckpt_lib
+from rsjax.train import hsi
+
+from tests.test_cli_cluster import _write_scene
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture
+def scene(tmp_path):
+    cube, gt = _write_scene(tmp_path)
+    return load_scene(None, cube, gt)
+
+
+def _cfg(**kw):
+    cfg = configs.get("ms2anet")
+    cfg.iters, cfg.chunk = 6, 2
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture
+def chunks(monkeypatch):
+    """Counts the compiled chunks run; ``fail_at=k`` raises at the k-th (1-based) call."""
+    real = hsi._train_chunk
+    calls = {"n": 0, "fail_at": None}
+
+    def counted(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise Interrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(hsi, "_train_chunk", counted)
+    monkeypatch.setattr(hsi, "CHECKPOINT_EVERY_S", 0.0)      # write after every chunk
+    return calls
+
+
+def _result(out, seed=0):
+    state = ckpt_lib.restore(out / f"checkpoint_seed{seed}")
+    return (np.load(out / f"labels_seed{seed}.npy"), np.load(out / f"losses_seed{seed}.npy"),
+            jax.device_get(state["best_params"]), json.loads((out / "metrics.json").read_text()))
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    jax.tree.map(np.testing.assert_array_equal, a[2], b[2])
+    assert a[3]["runs"][0]["OA"] == b[3]["runs"][0]["OA"]
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, chunks):
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
+    assert chunks["n"] == 3
+
+    chunks.update(n=0, fail_at=3)                            # killed in the third chunk
+    with pytest.raises(Interrupt):
+        cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    assert int(ckpt_lib.restore(tmp_path / "b" / "checkpoint_seed0")["step"]) == 4
+    chunks.update(n=0, fail_at=None)
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    assert chunks["n"] == 1                                  # only the chunk that was lost
+    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+
+
+def test_killed_between_sidecar_and_state_resumes_from_the_state(tmp_path, scene, chunks, monkeypatch):
+    """The sidecar is written before the state: a run killed between the two has a sidecar ahead
+    of its state, and resuming cuts the losses to the state's step."""
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
+    real_save, saves = ckpt_lib.save, {"n": 0}
+
+    def failing_save(path, state):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise Interrupt
+        return real_save(path, state)
+
+    monkeypatch.setattr(ckpt_lib, "save", failing_save)
+    with pytest.raises(Interrupt):
+        cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    side = json.loads((tmp_path / "b" / "checkpoint_seed0.json").read_text())
+    assert side["step"] == 4 and int(ckpt_lib.restore(tmp_path / "b" / "checkpoint_seed0")["step"]) == 2
+    monkeypatch.setattr(ckpt_lib, "save", real_save)
+    chunks.update(n=0)
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    assert chunks["n"] == 2
+    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+
+
+def test_finished_seeds_are_not_trained_again(tmp_path, scene, chunks):
+    first = cluster.run(scene, _cfg(), [0, 1], out_dir=tmp_path, progress=False)
+    before = _result(tmp_path, seed=1)
+    chunks.update(n=0)
+    again = cluster.run(scene, _cfg(), [0, 1, 2], out_dir=tmp_path, progress=False)
+    assert chunks["n"] == 3                                  # seed 2 only
+    assert [r["OA"] for r in again["runs"][:2]] == [r["OA"] for r in first["runs"]]
+    after = _result(tmp_path, seed=1)
+    for a, b in zip(before[:2], after[:2]):
+        np.testing.assert_array_equal(a, b)
+    jax.tree.map(np.testing.assert_array_equal, before[2], after[2])
+
+
+def test_other_settings_train_afresh(tmp_path, scene, chunks, capsys):
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
+    cluster.run(scene, _cfg(lam=0.0), [0], out_dir=tmp_path / "b", progress=False)
+    chunks.update(n=0)
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)   # b held lambda 0
+    assert chunks["n"] == 3
+    assert "other settings" in capsys.readouterr().err
+    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
