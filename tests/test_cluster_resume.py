@@ -62,7 +62,7 @@ def _assert_same(a, b):
     assert a[3]["runs"][0]["OA"] == b[3]["runs"][0]["OA"]
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, chunks):
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, chunks, capsys):
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
     assert chunks["n"] == 3
 
@@ -71,8 +71,10 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, ch
         cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
     assert int(ckpt_lib.restore(tmp_path / "b" / "checkpoint_seed0")["step"]) == 4
     chunks.update(n=0, fail_at=None)
+    capsys.readouterr()
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
     assert chunks["n"] == 1                                  # only the chunk that was lost
+    assert "resuming at iteration 4 of 6" in capsys.readouterr().err
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
 
 
@@ -100,12 +102,14 @@ def test_killed_between_sidecar_and_state_resumes_from_the_state(tmp_path, scene
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
 
 
-def test_finished_seeds_are_not_trained_again(tmp_path, scene, chunks):
+def test_finished_seeds_are_not_trained_again(tmp_path, scene, chunks, capsys):
     first = cluster.run(scene, _cfg(), [0, 1], out_dir=tmp_path, progress=False)
     before = _result(tmp_path, seed=1)
     chunks.update(n=0)
+    capsys.readouterr()
     again = cluster.run(scene, _cfg(), [0, 1, 2], out_dir=tmp_path, progress=False)
     assert chunks["n"] == 3                                  # seed 2 only
+    assert capsys.readouterr().err.count("already trained (6 iterations)") == 2
     assert [r["OA"] for r in again["runs"][:2]] == [r["OA"] for r in first["runs"]]
     after = _result(tmp_path, seed=1)
     for a, b in zip(before[:2], after[:2]):

@@ -236,6 +236,9 @@ def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSISt
         return state, [], 0.0
     state = restore(checkpoint, like=state)
     step = int(state.step)
+    total = int(meta["fingerprint"]["config"]["iters"])
+    print(f"{checkpoint}: " + (f"already trained ({step} iterations); delete it to train again."
+                               if step >= total else f"resuming at iteration {step} of {total}."), file=sys.stderr)
     return state, list(meta["losses"][:step]), float(meta["time"])
 
 
