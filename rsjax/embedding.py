@@ -11,7 +11,6 @@ import functools
 import json
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -46,8 +45,8 @@ def train_run(cfg, workdir: str | Path, progress: bool = True) -> dict:
     val_fn = knn_val_fn(model, data.images[split["val"]], data.labels[split["val"]], k=int(cfg.knn_k),
                         batch_size=int(cfg.eval_batch_size), preprocess=pre,
                         train_images=data.images[split["train"]])
-    out = train(cfg, data.subset(split["train"]), workdir=workdir, val_fn=val_fn, progress=progress,
-                augment=functools.partial(augment, size=int(cfg.image_size)))
+    train(cfg, data.subset(split["train"]), workdir=workdir, val_fn=val_fn, progress=progress,
+          augment=functools.partial(augment, size=int(cfg.image_size)))
     return evaluate_run(workdir, out_dir=workdir)
 
 
