@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rsjax import cluster, configs
-from rsjax.data.hsi import load_scene
+from rsjax.data.hsi import load_scene, minmax_scale
 from rsjax.train import checkpoint as ckpt_lib
 from rsjax.train import hsi
 
@@ -125,3 +125,24 @@ def test_other_settings_train_afresh(tmp_path, scene, chunks, capsys):
     assert chunks["n"] == 3
     assert "other settings" in capsys.readouterr().err
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+
+
+def test_unreadable_sidecar_trains_afresh(tmp_path, scene, chunks, capsys):
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    (tmp_path / "b" / "checkpoint_seed0.json").write_text("{not json")
+    chunks.update(n=0)
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    assert chunks["n"] == 3 and "unreadable; training afresh" in capsys.readouterr().err
+    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+
+
+def test_checkpoint_of_another_structure_is_a_clear_error(tmp_path, scene):
+    cfg = _cfg()
+    cube01 = minmax_scale(scene.cube)
+    ckpt = tmp_path / "checkpoint_seed0"
+    ckpt_lib.save(ckpt, {"not": np.zeros(3, np.float32)})
+    ckpt_lib.write_json_atomic(tmp_path / "checkpoint_seed0.json",
+                               {"fingerprint": hsi._fingerprint(cfg, cube01, 0), "step": 2, "losses": [1.0, 1.0], "time": 1.0})
+    with pytest.raises(ValueError, match="cannot be restored.*delete it"):
+        hsi.fit(cfg, cube01, 0, progress=False, checkpoint=ckpt)

@@ -226,15 +226,25 @@ def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSISt
     ``state`` (and a checkpoint of other settings is deleted first, so it can never be resumed)."""
     from rsjax.train.checkpoint import restore
     side = _sidecar(checkpoint)
-    meta = json.loads(side.read_text()) if side.exists() else None
-    if meta is not None and meta.get("fingerprint") != fingerprint:
-        print(f"{checkpoint}: trained with other settings or data; training afresh.", file=sys.stderr)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-        side.unlink()
-        meta = None
+    meta = None
+    if side.exists():
+        try:
+            meta = json.loads(side.read_text())
+            why = None if meta.get("fingerprint") == fingerprint else "trained with other settings or data"
+        except (ValueError, AttributeError):
+            why = f"{side.name} is unreadable"
+        if why is not None:
+            print(f"{checkpoint}: {why}; training afresh.", file=sys.stderr)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            side.unlink()
+            meta = None
     if meta is None or not checkpoint.exists():
         return state, [], 0.0
-    state = restore(checkpoint, like=state)
+    try:
+        state = restore(checkpoint, like=state)
+    except Exception as e:   # orbax's errors for a tree of another shape vary; name the directory and the fix
+        raise ValueError(f"{checkpoint}: cannot be restored into this model's state ({type(e).__name__}: {e}); "
+                         "delete it (and its .json) to train afresh.") from e
     step = int(state.step)
     total = int(meta["fingerprint"]["config"]["iters"])
     print(f"{checkpoint}: " + (f"already trained ({step} iterations); delete it to train again."
