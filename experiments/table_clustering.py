@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
+from experiments.common import cached_run, oa_line
 from rsjax import configs
-from rsjax.cluster import run
 from rsjax.data.hsi import load_scene
 
 SCENES = ("salinas-a", "indian-pines-subset", "samson")
@@ -47,22 +45,14 @@ def main(argv=None):
     for scene_name in args.scenes.split(","):
         scene = load_scene(scene_name)
         for method in args.methods.split(","):
-            path = out / f"{scene_name}_{method}.json"
-            if path.exists():
-                results[(scene_name, method)] = json.loads(path.read_text())
-                continue
             cfg = configs.get("ms2anet")
             cfg.method, cfg.iters, cfg.keep, cfg.spf_odd = method, args.iters, args.keep, args.spf_odd
-            t0 = time.time()
-            summary = run(scene, cfg, list(range(args.seeds)), out_dir=None, progress=False)
-            summary["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
-            summary["keep"] = args.keep if method != "kmeans" else None
-            summary["spf_odd"] = args.spf_odd if method == "ms2anet" else None
-            path.write_text(json.dumps(summary, indent=2, default=str))
+            summary, new = cached_run(out / f"{scene_name}_{method}.json", scene, cfg, range(args.seeds),
+                                      keep=args.keep if method != "kmeans" else None,
+                                      spf_odd=args.spf_odd if method == "ms2anet" else None)
             results[(scene_name, method)] = summary
-            s = summary["summary"]
-            print(f"{scene_name:<20} {method:<8} OA {s['OA']['mean']:.2f} +/- {s['OA']['std']:.2f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+            if new:
+                print(oa_line(f"{scene_name} {method}", summary), flush=True)
     (out / "table.md").write_text(format_markdown(results, args))
     print((out / "table.md").read_text())
 

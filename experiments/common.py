@@ -1,0 +1,32 @@
+"""What the experiment scripts share: one cached result file per table row, so an interrupted
+experiment resumes where it stopped (delete a file to recompute its row)."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from rsjax.cluster import run
+
+
+def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
+    """``rsjax.cluster.run`` of ``scene`` with ``cfg`` over ``seeds``, written to ``path`` (with the
+    machine, the wall time and ``extra``) or read back from it when it exists. Returns the summary
+    and whether it was computed now."""
+    path = Path(path)
+    if path.exists():
+        return json.loads(path.read_text()), False
+    t0 = time.time()
+    summary = run(scene, cfg, list(seeds), out_dir=None, progress=False)
+    summary["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
+    summary["wall_s"] = time.time() - t0
+    summary.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    return summary, True
+
+
+def oa_line(label: str, summary: dict) -> str:
+    s = summary["summary"]
+    return f"{label:<40} OA {s['OA']['mean']:.2f} +/- {s['OA']['std']:.2f} ({summary.get('wall_s', 0):.0f} s)"
