@@ -122,7 +122,8 @@ def format_markdown(params: list[dict], results: dict, args) -> str:
             for value, summary in rows:
                 s = summary["summary"]
                 cell = lambda k, f: f"{s[k]['mean']:{f}} +/- {s[k]['std']:{f}}"
-                lines.append(f"| {scene} | {study} | {value} | {cell('OA', '.2f')} | {cell('AA', '.2f')} | "
+                shown = f"d1 = {value} (d = {3 * value})" if study == "latent" else value
+                lines.append(f"| {scene} | {study} | {shown} | {cell('OA', '.2f')} | {cell('AA', '.2f')} | "
                              f"{cell('Kappa', '.2f')} | {cell('NMI', '.3f')} | {cell('ARI', '.3f')} | {cell('time', '.1f')} |")
     return "\n".join(lines) + "\n"
 
