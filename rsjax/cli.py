@@ -52,7 +52,9 @@ def add_cluster_parser(sub) -> None:
                    help="A1 spectral stream only, A2 spatial only, A3 both (default)")
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
                    help="MS2A-Net's convolutions: float32 (default) or bfloat16 (mixed precision, for GPUs)")
-    p.add_argument("--out", default="rsjax_out", help="output directory (default ./rsjax_out)")
+    p.add_argument("--out", default="rsjax_out",
+                   help="output directory (default ./rsjax_out); a rerun into it resumes an interrupted run "
+                        "and does not train finished seeds again")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cluster)
