@@ -126,20 +126,19 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
     a precision mode of :func:`benchmarks.common.precision` (open that context around the call)."""
     import jax
     import jax.numpy as jnp
-    import optax
     import torch
 
     from benchmarks.flops import count_flops
     from benchmarks.torch_ms2anet import TorchMS2ANet, TorchTrainer
     from rsjax.models.layers import compute_dtype
     from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
-    from rsjax.train.hsi import apply_model, init_state, prepare_input, train_chunk, train_step
+    from rsjax.train.hsi import adam, apply_model, init_state, prepare_input, train_chunk, train_step
 
     h, w, d = cube.shape
     x = jnp.asarray(cube)[None]
     bf16 = model_dtype(dtype) == "bfloat16"
     model = MS2ANet(d, dtype=compute_dtype(model_dtype(dtype)))
-    tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+    tx = adam(lr)                                   # the optimiser rsjax cluster trains with
     dev = torch_device()
     res = {"shape": [h, w, d], "pixels": h * w, "chunk": chunk, "reps": reps, "dtype": dtype, "device": dev.type}
 

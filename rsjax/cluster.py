@@ -58,7 +58,7 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        ckpt = out / f"checkpoint_seed{seed}" if out is not None and cfg.method != "kmeans" else None
+        ckpt = out / f"checkpoint_seed{seed}" if out is not None else None   # used only by trained models
         r = cluster_once(scene, cfg, seed, progress=progress, checkpoint=ckpt)
         runs.append(r["scores"])
         first = first or r
