@@ -37,6 +37,20 @@ def machine() -> dict:
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
+def cpu_process_setup() -> dict | None:
+    """What the ResNet benchmarks do first, before JAX or PyTorch start: PyTorch's OpenMP (libgomp)
+    waits passively unless the caller set ``OMP_WAIT_POLICY`` (its default spinning makes PyTorch
+    several times slower when other processes share the cores; read when torch loads), and glibc
+    keeps freed step buffers (:func:`rsjax.hostmem.keep_freed_memory`, as ``rsjax embed`` runs).
+    Returns what ``keep_freed_memory`` set."""
+    import sys
+
+    from rsjax.hostmem import keep_freed_memory
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return keep_freed_memory()
+
+
 # ----------------------------------------------------------------------------- GPU runs
 
 PRECISIONS = ("float32", "tf32", "bfloat16")

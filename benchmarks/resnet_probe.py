@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from functools import partial
@@ -42,8 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks.common import machine
-from rsjax.hostmem import keep_freed_memory
+from benchmarks.common import cpu_process_setup, machine
 
 # F(2 x 2, 3 x 3): Y = A^T [(G w G^T) * (B^T d B)] A over 4 x 4 input tiles with stride 2
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
@@ -352,9 +350,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--reps", type=int, default=9)
     a = p.parse_args(argv)
-    if "torch" not in sys.modules:                       # as benchmarks/snca_step.py: no OpenMP spinning
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    host_malloc = keep_freed_memory()                    # as the SNCA-CE step runs: no page faults per call
+    host_malloc = cpu_process_setup()
     res = {"benchmark": "resnet_probe", "machine": machine(), "host_malloc": host_malloc, "size": a.size,
            "batch": a.batch, "reps": a.reps, "blocks": probe_blocks(a.size, a.batch, a.reps),
            "convs": probe_convs(a.size, a.batch, a.reps)}

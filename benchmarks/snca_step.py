@@ -23,7 +23,8 @@ SNCA loss plus bank update scales with the bank size N.
    time / N, and the least-squares log-log slope of time against N (linear cost is slope 1; the
    bar is <= ~1.1), plus the slope between the two largest N.
 
-``main()`` sets ``OMP_WAIT_POLICY=PASSIVE`` before PyTorch loads unless it is already set:
+``main()`` sets ``OMP_WAIT_POLICY=PASSIVE`` before PyTorch loads unless it is already set
+(:func:`benchmarks.common.cpu_process_setup`):
 libgomp's default spinning makes PyTorch several times slower when other processes share the
 cores. Run with ``OMP_WAIT_POLICY=ACTIVE`` to measure the spinning default.
 
@@ -52,9 +53,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import (PRECISIONS, gpu_memory, machine, model_dtype, on_gpu, precision, torch_device,
-                               torch_sync)
-from rsjax.hostmem import keep_freed_memory
+from benchmarks.common import (PRECISIONS, cpu_process_setup, gpu_memory, machine, model_dtype, on_gpu, precision,
+                               torch_device, torch_sync)
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
 METHODS = ("snca-ce-mb", "snca-ce-mu")
@@ -473,11 +473,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precision modes of the training steps (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     a = p.parse_args(argv)
-    # PyTorch's OpenMP (libgomp) spins while it waits; with other processes on the cores that makes
-    # it several times slower. Passive waiting unless the caller chose (read when torch loads).
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    host_malloc = keep_freed_memory()
+    host_malloc = cpu_process_setup()
     res = run(quick=a.quick, sizes=a.sizes, methods=() if a.no_steps else tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
               ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread,
               dtypes=tuple(a.dtypes), scaling=not a.no_scaling, log_records=a.json)
