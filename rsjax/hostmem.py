@@ -9,9 +9,16 @@ page by page: 114 000 page faults per SNCA-CE step, measured at 0.53 s per step 
 without them (a 2-core Xeon, 2026-11-26; ``benchmarks/README.md``).
 
 :func:`keep_freed_memory` tells glibc to serve all threads from the main heap (one arena), never
-to use ``mmap`` and never to trim the heap, so a freed step buffer is reused by the next step. It
-must run before JAX starts its CPU backend (the worker threads pick their arena at their first
+to use ``mmap`` and never to trim the heap (``M_TRIM_THRESHOLD`` -1, which mallopt(3) documents as
+"disables trimming completely"), so a freed step buffer is reused by the next step. It must run
+before JAX starts its CPU backend (the worker threads pick their arena at their first
 allocation). Memory the process has used stays reserved for it until it exits.
+
+Until 2026-11-27 the threshold was the largest ``int``, 2 GB of free heap top: enough at 64 px,
+but a 128 px step's temporaries (1.8 GB) plus the heap's free top passed it, glibc gave them back
+after each step and the next one faulted them in again (225 000-338 000 page faults and 2.0-2.4 s
+per step, against 0 faults and 1.37 s with trimming off, steps dispatched back to back;
+``benchmarks/README.md``).
 
 It is a trade: with one arena XLA's multi-threaded compiler contends for the heap lock (the
 SNCA-CE step compiles in 8.5 s instead of 5.2 s), and small steps gain nothing (MS2A-Net on
@@ -31,7 +38,7 @@ import warnings
 
 # mallopt parameters (glibc <malloc.h>)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-_NEVER_TRIM = 2**31 - 1          # mallopt takes an int: 2 GB of free heap top before trimming
+_NEVER_TRIM = -1                 # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 
 _applied: dict | None = None
 

@@ -62,3 +62,38 @@ def test_too_late_once_jax_has_started_warns():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "JAX_PLATFORMS": "cpu", "RSJAX_MALLOC": ""}, check=True)
     assert out.stdout.split()[-2:] == ["None", "True"], out.stdout + out.stderr
+
+
+# A freed block larger than 2 GB (a 128 px SNCA-CE step's temporaries are 1.8 GB, plus the heap's
+# free top) must come back without page faults: with a finite trim threshold glibc returns the
+# heap top to the kernel once it passes the threshold, and every page faults in again.
+_BIG_BLOCK = textwrap.dedent("""
+    import ctypes, ctypes.util, json, resource
+    from rsjax.hostmem import keep_freed_memory
+    applied = keep_freed_memory()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    n = 2304 << 20                                   # 2.25 GB
+    faults = []
+    for _ in range(2):
+        p = libc.malloc(n)
+        assert p, "malloc failed"
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ctypes.memset(p, 1, n)                        # touch every page
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        libc.free(p)
+    print(json.dumps({"applied": applied, "faults": faults}))
+""")
+
+
+def test_a_freed_block_over_2_gb_is_reused_without_faults():
+    pages = (2304 << 20) // 4096
+    out = subprocess.run([sys.executable, "-c", _BIG_BLOCK], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "RSJAX_MALLOC": ""}, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if res["applied"] is None:
+        pytest.skip("not glibc: keep_freed_memory() does nothing here")
+    first, second = res["faults"]
+    assert first > 0.5 * pages, res                  # the first touch faults the block in
+    assert second < 0.01 * pages, res                # the second reuses it: trimming is off
