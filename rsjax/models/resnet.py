@@ -48,7 +48,7 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     """Any 2-D convolution (NHWC, HWIO kernel, explicit padding) as one GEMM over gathered patches.
 
     A strided convolution of a few channels (the stem: 7 x 7, stride 2, on RGB) gathers its
-    patches as plain slices of stride-blocks (:func:`_column_block_patches`): 32 slices of 6
+    patches as plain slices of stride-blocks (:func:`_column_block_patches`): 28 slices of 6
     contiguous values instead of 49 strided slices of 3, which cost more than the GEMM itself."""
     kh, kw, cin, _ = kernel.shape
     (pt, pb), (pl, pr) = padding
@@ -103,7 +103,8 @@ def _column_block_patches(xp: jax.Array, kernel: jax.Array, sh: int, sw: int, ho
     Viewing the input as ``(B, rows / sh, sh, columns / sw, sw * Cin)`` (a free reshape), input row
     ``sh (o + u) + v`` is block row ``o + u`` at offset ``v``, and ``sw`` neighbouring columns are one
     contiguous run of ``sw * Cin`` values, so ``out[o] = sum_(u, v, u', v') xp[s o + s u + v] w[s u + v]``
-    is a GEMM over ``ceil(kh/sh) * sh * ceil(kw/sw)`` plain slices (taps past k get zero weights).
+    is a GEMM over the ``kh * ceil(kw/sw)`` plain slices with ``s u + v < kh`` (kernel rows past kh
+    would only meet zero weights and are left out; columns past kw get zero weights, within a run).
     Returns the slices and the kernel reshaped to match their order (u, v, u', v', Cin)."""
     b, hp, wp, cin = xp.shape
     kh, kw, _, cout = kernel.shape
@@ -111,8 +112,9 @@ def _column_block_patches(xp: jax.Array, kernel: jax.Array, sh: int, sw: int, ho
     hs, ws = max(-(-hp // sh), ho + uh - 1), max(-(-wp // sw), wo + uw - 1)
     xp = jnp.pad(xp, ((0, 0), (0, hs * sh - hp), (0, ws * sw - wp), (0, 0)))
     blocks = xp.reshape(b, hs, sh, ws, sw * cin)
-    cols = [blocks[:, u:u + ho, v, t:t + wo, :] for u in range(uh) for v in range(sh) for t in range(uw)]
-    k = jnp.pad(kernel, ((0, uh * sh - kh), (0, uw * sw - kw), (0, 0), (0, 0)))
+    cols = [blocks[:, u:u + ho, v, t:t + wo, :] for u in range(uh) for v in range(sh) if sh * u + v < kh
+            for t in range(uw)]
+    k = jnp.pad(kernel, ((0, 0), (0, uw * sw - kw), (0, 0), (0, 0)))
     return cols, k
 
 
