@@ -1,10 +1,12 @@
-"""What the benchmarks record about the machine they ran on, and what their GPU runs share."""
+"""What the benchmarks record about the machine they ran on, how the CPU ones set up their process,
+and what their GPU runs share."""
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
 import platform
+import sys
 
 
 def machine() -> dict:
@@ -43,8 +45,6 @@ def cpu_process_setup() -> dict | None:
     several times slower when other processes share the cores; read when torch loads), and glibc
     keeps freed step buffers (:func:`rsjax.hostmem.keep_freed_memory`, as ``rsjax embed`` runs).
     Returns what ``keep_freed_memory`` set."""
-    import sys
-
     from rsjax.hostmem import keep_freed_memory
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
