@@ -223,8 +223,9 @@ def test_embed_eval_mode_pads_last_batch(variables, data):
 
 @pytest.mark.parametrize("method", ["snca-ce-mb", "snca-ce-mu", "ce"])
 def test_compiled_step_updates_the_donated_bank_in_place(method, variables, data):
-    """No full copy of the bank in the compiled step (XLA:CPU copies it twice when the write is
-    not ordered after the backward pass), and the bank's buffer is reused."""
+    """No full copy of the bank or of any convolution kernel (online or momentum encoder) in the
+    compiled step: XLA:CPU copies them every step when the writes are not ordered after the
+    reads (the bank twice, each kernel once); and the bank's buffer is reused."""
     import re
     cfg, model, tx, state = setup(method, variables, data)
     n, d = state.bank.shape
@@ -232,3 +233,5 @@ def test_compiled_step_updates_the_donated_bank_in_place(method, variables, data
         state, jnp.asarray(data[0][:B]), jnp.asarray(data[1][:B]), jnp.arange(B, dtype=jnp.int32), jnp.int32(0)).compile()
     copies = re.findall(rf"= f32\[{n},{d}\]\{{[0-9,]*\}} copy\(", compiled.as_text())
     assert copies == []
+    kernels = re.findall(r"copy\(%state_(?:ema_)?params\S*kernel", compiled.as_text())
+    assert kernels == []

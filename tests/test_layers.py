@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from rsjax.models.layers import Conv, conv_taps, transpose_by_gemm
+from rsjax.models.layers import Conv, conv_taps, materialize, transpose_by_gemm
 
 
 def lax_conv(x, kernel, dilation):
@@ -91,3 +91,28 @@ def test_transpose_by_gemm_is_exact(m, c, scale, seed):
     """Bit for bit, over magnitudes from 1e-30 to 1e30 (one product by 1 per value, the rest zeros)."""
     a = jax.random.normal(jax.random.key(seed), (m, c)) * scale
     np.testing.assert_array_equal(np.asarray(jax.jit(transpose_by_gemm)(a)), np.asarray(a).T)
+
+
+@settings(max_examples=12)
+@given(shape=st.sampled_from([(1,), (7,), (3, 5), (2, 4, 4, 3)]), dtype=st.sampled_from(["float32", "bfloat16", "int8"]),
+       special=st.sampled_from([None, "first", "inf", "neg_zero"]), seed=st.integers(0, 2**16))
+def test_materialize_is_exact_and_a_fusion_barrier(shape, dtype, special, seed):
+    """Bit for bit the input (a NaN or integer-minimum first element skips the loop; infinities,
+    NaN and -0.0 survive the product by one), inside a while loop of the compiled function (for
+    integers too, where XLA folds ``x == x``), with an identity derivative."""
+    x = np.asarray(jax.random.normal(jax.random.key(seed), shape) * 50).astype(dtype)
+    flat = x.reshape(-1)
+    if special == "first":
+        flat[0] = np.iinfo(np.int8).min if dtype == "int8" else np.nan
+    elif special == "inf" and dtype != "int8":
+        flat[-1] = -np.inf
+    elif special == "neg_zero" and dtype != "int8":
+        flat[-1] = -0.0
+    f = jax.jit(lambda a: materialize(a))
+    bits = f"u{x.dtype.itemsize}"
+    np.testing.assert_array_equal(np.asarray(f(x)).view(bits), x.view(bits))
+    assert "while" in f.lower(x).compile().as_text()
+    if dtype == "float32" and special is None:
+        w = jnp.arange(x.size, dtype=jnp.float32).reshape(shape)
+        g = jax.grad(lambda a: jnp.sum(materialize(jnp.sin(a)) * w))(x)
+        np.testing.assert_allclose(g, np.cos(x) * np.asarray(w), rtol=1e-5, atol=1e-4)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from rsjax.models.resnet import Conv, ResNet, conv_im2col, max_pool
+from rsjax.models.resnet import _DW_ROWS, Conv, ResNet, _row_batches, conv_im2col, max_pool
 
 
 @settings(max_examples=14)
@@ -29,6 +29,28 @@ def test_conv_im2col_equals_lax(h, w, k, stride, pad, cin, seed):
     g_fast = jax.grad(lambda *a: jnp.sum(fast(*a) * probe), argnums=(0, 1))(x, kernel)
     for a, b in zip(g_fast, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@given(rows=st.integers(1, 2**22))
+def test_row_batches_split_long_contractions_evenly(rows):
+    """The most halvings that divide the rows and leave every batch at least _DW_ROWS long."""
+    n = _row_batches(rows)
+    assert rows % n == 0 and n & (n - 1) == 0
+    assert n == 1 or rows // n >= _DW_ROWS
+    assert rows % (2 * n) or rows // (2 * n) < _DW_ROWS
+
+
+def test_kernel_gradient_over_split_rows_equals_lax():
+    """A contraction long enough to be split (2 x 128 x 128 = 32768 rows: two batches)."""
+    x = jax.random.normal(jax.random.key(0), (2, 128, 128, 2))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+    probe = jax.random.normal(jax.random.key(2), (2, 128, 128, 4))
+    assert _row_batches(2 * 128 * 128) == 2
+    ref = lambda k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    fast = lambda k: conv_im2col(x, k, (1, 1), ((1, 1), (1, 1)))
+    g_ref = jax.grad(lambda k: jnp.sum(ref(k) * probe))(kernel)
+    g_fast = jax.grad(lambda k: jnp.sum(fast(k) * probe))(kernel)
+    np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-2)
 
 
 @settings(max_examples=12)

@@ -64,6 +64,36 @@ def transpose_by_gemm(a: jax.Array) -> jax.Array:
                            precision=lax.Precision.HIGHEST)
 
 
+@jax.custom_jvp
+def materialize(x: jax.Array) -> jax.Array:
+    """``x`` itself, computed into a buffer of its own before any consumer reads it (a fusion
+    barrier); a no-op when :func:`gemm_forms` is off.
+
+    XLA:CPU fuses a cheap elementwise producer into every consumer and recomputes it per use, and
+    removes ``lax.optimization_barrier`` before fusing. In the max-pool backward of the SNCA-CE
+    step it recomputed the window argmax (9 compares) and the incoming gradient (a 9-term col2im
+    sum) up to four times per input pixel: 12 ms for the stem's 16 MB gradient (2-core Xeon).
+    Here ``x`` goes through a ``while`` loop with a runtime trip count (1; 0 when ``x``'s first
+    element is NaN, or an integer type's minimum) whose body multiplies by a runtime one, which
+    XLA can neither fold nor fuse across: exact (``v * 1 == v``, NaN and infinities included), one
+    extra pass over ``x``.
+    The derivative is the identity."""
+    if not gemm_forms() or x.size == 0:
+        return x
+    first = x.reshape(-1)[0]
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        ok = first == first                   # runtime values XLA cannot fold (x == x is for ints)
+    else:
+        ok = first != jnp.iinfo(x.dtype).min
+    trips, one = ok.astype(jnp.int32), ok.astype(x.dtype)
+    return lax.while_loop(lambda c: c[0] < trips, lambda c: (c[0] + 1, c[1] * one), (jnp.int32(0), x))[1]
+
+
+@materialize.defjvp
+def _materialize_jvp(primals, tangents):
+    return materialize(primals[0]), tangents[0]
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsjax.bank import l2_normalize
-from rsjax.models.layers import gemm_forms, torch_uniform, transpose_by_gemm
+from rsjax.models.layers import gemm_forms, materialize, torch_uniform
 
 ModuleDef = Any
 
@@ -67,15 +67,16 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
 def _patch_gemm(p: jax.Array, w: jax.Array) -> jax.Array:
     """``patches (B, Ho, Wo, K) @ kernel (kh, kw, Cin, Cout)`` flattened to ``(K, Cout)``.
 
-    The gradient is written out so that XLA:CPU runs every backward product on its fast GEMM
-    path, which takes row-major ``(M, K) @ (K, N)`` operands (or a right operand contracted on its
-    last axis) but not a left operand contracted on its first axis. The kernel gradient
-    ``patches^T @ g`` contracts both over the B Ho Wo rows, so it is computed as
-    ``g^T @ patches`` (Cout, K), with ``g^T`` made by a GEMM with the identity
-    (:func:`rsjax.models.layers.transpose_by_gemm`). Left to autodiff, XLA transposed
-    ``g`` inside the BatchNorm-backward fusion, an untiled strided copy (13 ms for 4 MB in the
-    64 px step), and ran the product on its general path: SNCA-CE step 0.470 -> 0.39 s
-    (64 px, batch 64, 2-core Xeon; benchmarks/README.md)."""
+    The kernel gradient ``patches^T @ g`` contracts both operands over the B Ho Wo rows. Left to
+    autodiff, XLA:CPU transposed ``g`` inside the BatchNorm-backward fusion, an untiled strided
+    copy (13 ms for 4 MB in the 64 px step). It is written here as one ``dot_general`` that
+    contracts the rows of ``g`` and of the patches directly (XLA hands it to Eigen, which reads
+    either operand transposed), giving ``(Cout, K)``; a long contraction (the stem: 65 536 rows
+    at 64 px) is split into batches of at least :data:`_DW_ROWS` rows summed afterwards, which
+    keeps both cores busy on an otherwise narrow product. Alone, jitted, 2-core Xeon, the stem's
+    kernel gradient took 7.7 against 14.7 ms with the earlier ``g^T`` by an identity GEMM
+    (:func:`rsjax.models.layers.transpose_by_gemm`) on XLA's GEMM path; layers 1-4 5.4-3.8 against
+    10.7-4.4 ms. SNCA-CE(MB) step, 64 px: 0.96-0.98 of the time (benchmarks/README.md)."""
     return p @ w.reshape(-1, w.shape[-1])
 
 
@@ -83,10 +84,22 @@ def _patch_gemm_fwd(p, w):
     return _patch_gemm(p, w), (p, w)
 
 
+_DW_ROWS = 16384   # the kernel gradient's contraction is split while every part keeps this many rows
+
+
+def _row_batches(rows: int) -> int:
+    n = 1
+    while rows % (2 * n) == 0 and rows // (2 * n) >= _DW_ROWS:
+        n *= 2
+    return n
+
+
 def _patch_gemm_bwd(res, g):
     p, w = res
     kh, kw, cin, cout = w.shape
-    dw_t = transpose_by_gemm(g.reshape(-1, cout)) @ p.reshape(-1, p.shape[-1])   # (Cout, K)
+    n = _row_batches(g.size // cout)
+    gb, pb = g.reshape(n, -1, cout), p.reshape(n, -1, p.shape[-1])
+    dw_t = lax.dot_general(gb, pb, (((1,), (1,)), ((0,), (0,)))).sum(axis=0)   # (Cout, K)
     dp = lax.dot_general(g, w.reshape(-1, cout), (((3,), (1,)), ((), ())))    # (B, Ho, Wo, K)
     return dp, dw_t.reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
 
@@ -170,8 +183,14 @@ def _max_pool_fwd(x, k, s, p):
 def _max_pool_bwd(k, s, p, res, g):
     """Each padded input row q = s a + b receives from the taps i = b + s m of outputs a - m, so
     the gradient is built as s x s planes of shifted, masked output gradients (no strided
-    scatter) and then interleaved: ``dx[s a + b] = plane_b[a]``, along rows and columns."""
+    scatter) and then interleaved: ``dx[s a + b] = plane_b[a]``, along rows and columns.
+
+    ``arg`` and ``g`` are materialised first (:func:`rsjax.models.layers.materialize`): left to
+    XLA:CPU, both were recomputed inside the interleave for every plane that reads them (the
+    argmax from the padded input, ``g`` from the next convolution's col2im). SNCA-CE(MB) step,
+    64 px: 0.965 of the time without (alternating, 2-core Xeon; benchmarks/README.md)."""
     arg, (_, h, w, _) = res
+    arg, g = materialize(arg), materialize(g)
     zero = jnp.zeros((), g.dtype)
     ho, wo = g.shape[1:3]
     ah, aw = -(-(h + 2 * p) // s), -(-(w + 2 * p) // s)   # planes' rows / columns

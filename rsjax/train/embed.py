@@ -188,6 +188,13 @@ def make_loss_fn(cfg, model: ResNet) -> Callable:
     return loss_fn
 
 
+def _ordered_after(scalar: jax.Array, tree):
+    """``tree`` plus an exact zero computed from ``scalar`` (0 for any value of it, NaN included):
+    the same values, which XLA can only compute once ``scalar`` is (see :func:`make_step`)."""
+    zero = (scalar == scalar).astype(jnp.float32) * 0.0
+    return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
+
 def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
     """The (unjitted) training step of ``cfg.method``:
     ``step(state, images, labels, idx, epoch) -> (state, metrics)``.
@@ -198,10 +205,13 @@ def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
     (``ce`` and the batch ``accuracy`` of FC2, ``snca``, ``contrastive``, ``triplet``),
     ``grad_norm`` and ``m`` (the bank or EMA momentum in use; 0 for the baselines).
 
-    The donated bank is updated in place. The rows written are made to depend on the gradient
-    (``rows + 0 * grad_norm``, the same values for a finite gradient): without that, XLA:CPU's
-    copy insertion cannot prove the scatter runs after the backward pass that reads the bank
-    and copies the whole bank twice per step (``tests/test_embed_step.py`` counts the copies).
+    The donated bank, parameters and momentum-encoder parameters are updated in place. What is
+    written is made to depend on a value computed after the last read of the old buffer
+    (:func:`_ordered_after`): the bank rows and the gradients on the gradient norm, the
+    momentum encoder's old parameters on its output. Without that, XLA:CPU's copy insertion
+    cannot prove the writes run after the reads and copies the buffers every step: the whole
+    bank twice, and the 45 MB of ResNet18 parameters (twice that for MU) (``tests/test_embed_step.py``
+    counts the copies).
     """
     spec = method_spec(cfg.method)
     loss_fn = make_loss_fn(cfg, model)
@@ -212,10 +222,10 @@ def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
         idx = idx.astype(jnp.int32)
         (loss, (terms, f, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state, images, labels, idx)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
-        after_backward = lambda rows: rows + 0.0 * grad_norm   # in-place bank write (docstring)
+        after_backward = functools.partial(_ordered_after, grad_norm)     # in-place writes (docstring)
+        updates, opt_state = tx.update(after_backward(grads), state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         ema_params, ema_bs = state.ema_params, state.ema_batch_stats
         if spec.bank_update == "mb":
             m = bank_lib.bank_momentum(epoch, float(cfg.m), tuple(cfg.m_schedule_epochs),
@@ -233,7 +243,8 @@ def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
             if cfg.shuffle_bn:
                 f_hat = f_hat.at[perm].set(f_hat)           # back to the batch order
             bank = bank_lib.overwrite(state.bank, idx, after_backward(f_hat))
-            ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - m)
+            ema_params = optax.incremental_update(params, _ordered_after(f_hat[0, 0], state.ema_params),
+                                                  step_size=1.0 - m)
         else:
             m = jnp.float32(0.0)
             bank = bank_lib.overwrite(state.bank, idx, after_backward(f))
