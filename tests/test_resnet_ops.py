@@ -1,4 +1,6 @@
 """The ResNet's GEMM convolutions and max-pool equal XLA's in value and gradient."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -51,6 +53,21 @@ def test_kernel_gradient_over_split_rows_equals_lax():
     g_ref = jax.grad(lambda k: jnp.sum(ref(k) * probe))(kernel)
     g_fast = jax.grad(lambda k: jnp.sum(fast(k) * probe))(kernel)
     np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-2)
+
+
+def test_kernel_gradient_reads_the_output_gradient_as_it_lies():
+    """The kernel gradient is one product contracting the rows of g and of the patches (Eigen's
+    path on CPU), with no transposed copy of g (XLA:CPU's strided copies are slow; the 4-D
+    contraction over (B, Ho, Wo) was canonicalised into exactly that copy)."""
+    x, kernel = jnp.ones((4, 8, 8, 16)), jnp.ones((3, 3, 16, 8))
+    grad = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(conv_im2col(x, k, (1, 1), ((1, 1), (1, 1)))))))
+    hlo = grad.lower(kernel).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    assert re.search(r"= f32\[8,144\]\{1,0\} dot\(.*lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{0\}", entry)
+    assert not re.search(r"= f32\[8,256\]", entry)
+    np.testing.assert_allclose(
+        grad(kernel), jax.grad(lambda k: jnp.sum(jnp.tanh(lax.conv_general_dilated(
+            x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(kernel), rtol=1e-5, atol=1e-4)
 
 
 @settings(max_examples=12)

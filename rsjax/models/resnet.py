@@ -69,14 +69,16 @@ def _patch_gemm(p: jax.Array, w: jax.Array) -> jax.Array:
 
     The kernel gradient ``patches^T @ g`` contracts both operands over the B Ho Wo rows. Left to
     autodiff, XLA:CPU transposed ``g`` inside the BatchNorm-backward fusion, an untiled strided
-    copy (13 ms for 4 MB in the 64 px step). It is written here as one ``dot_general`` that
-    contracts the rows of ``g`` and of the patches directly (XLA hands it to Eigen, which reads
-    either operand transposed), giving ``(Cout, K)``; a long contraction (the stem: 65 536 rows
-    at 64 px) is split into batches of at least :data:`_DW_ROWS` rows summed afterwards, which
-    keeps both cores busy on an otherwise narrow product. Alone, jitted, 2-core Xeon, the stem's
-    kernel gradient took 7.7 against 14.7 ms with the earlier ``g^T`` by an identity GEMM
-    (:func:`rsjax.models.layers.transpose_by_gemm`) on XLA's GEMM path; layers 1-4 5.4-3.8 against
-    10.7-4.4 ms. SNCA-CE(MB) step, 64 px: 0.96-0.98 of the time (benchmarks/README.md)."""
+    copy (13 ms for 4 MB in the 64 px step). It is written here as a ``dot_general`` that
+    contracts the rows of ``g`` and of the patches as they lie, giving ``(Cout, K)``; XLA hands
+    it to Eigen, which reads a transposed operand in its packing. (Written over the 4-D arrays,
+    contracting B, Ho and Wo at once, XLA canonicalises it back into the transposed copy.) A
+    long contraction (the stem: 65 536 rows at 64 px) is split into batches of at least
+    :data:`_DW_ROWS` rows, summed afterwards. This replaced ``g^T`` made by an identity GEMM
+    (:func:`rsjax.models.layers.transpose_by_gemm`) followed by XLA's GEMM. Alone, jitted, on the
+    2-core Xeon, kernel transposition included: the stem's kernel gradient 7.7 against 14.7 ms,
+    layer1's 9.5 against 10.7 ms and layer4's 3.8 against 4.4 ms. In the SNCA-CE(MB) step at
+    64 px, the split of the stem alone was worth about 1% (benchmarks/README.md)."""
     return p @ w.reshape(-1, w.shape[-1])
 
 
