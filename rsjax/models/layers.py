@@ -33,9 +33,9 @@ CONV_CHOICES = ("auto", "gemm", "xla")
 
 
 def gemm_forms() -> bool:
-    """Whether rsjax computes convolutions (and the transposes around them) in its GEMM forms
-    (:func:`conv_same_multi`, :func:`transpose_by_gemm`, :class:`rsjax.models.resnet.Conv`) or
-    with XLA's own convolution and transpose.
+    """Whether rsjax computes convolutions (and the transposes and fusion barriers around them) in
+    its forms for XLA:CPU (:func:`conv_same_multi`, :func:`transpose_by_gemm`, :func:`materialize`,
+    :class:`rsjax.models.resnet.Conv`) or with XLA's own convolution and transpose.
 
     Read when a function is traced, from the environment variable ``RSJAX_CONV``: ``auto``
     (default: the GEMM forms on the CPU backend, for which they were written and measured; XLA's

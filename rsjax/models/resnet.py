@@ -18,8 +18,9 @@ CPU backend) and ``flax.linen.Conv`` (cuDNN) on a GPU or TPU. :class:`Conv` comp
 convolution as ``flax.linen.Conv`` (same parameter names and shapes) as one GEMM over gathered
 patches (:func:`conv_im2col`; with a ResNet's many channels and small images this beat the GEMM
 over taps of :func:`rsjax.models.layers.conv_taps` by 1.3x in the whole SNCA-CE step), with the
-kernel gradient written out as a row-major GEMM (:func:`_patch_gemm`); the max-pool keeps the
-index of the first maximum and routes the gradient there (:func:`max_pool`). On a CPU, XLA's own
+kernel gradient written out as one product over the rows of the output gradient and the patches
+(:func:`_patch_gemm`); the max-pool keeps the index of the first maximum and routes the gradient
+there (:func:`max_pool`). On a CPU, XLA's own
 convolution and max-pool gradients are several times slower; both forms are equal in value and
 gradient (tests/test_resnet_ops.py), and ``conv=flax.linen.Conv`` chooses XLA's on any backend.
 """
@@ -189,8 +190,8 @@ def _max_pool_bwd(k, s, p, res, g):
 
     ``arg`` and ``g`` are materialised first (:func:`rsjax.models.layers.materialize`): left to
     XLA:CPU, both were recomputed inside the interleave for every plane that reads them (the
-    argmax from the padded input, ``g`` from the next convolution's col2im). SNCA-CE(MB) step,
-    64 px: 0.965 of the time without (alternating, 2-core Xeon; benchmarks/README.md)."""
+    argmax from the padded input, ``g`` from the next convolution's col2im). The SNCA-CE(MB) step
+    at 64 px takes 0.965 of its time without this (2-core Xeon; benchmarks/README.md)."""
     arg, (_, h, w, _) = res
     arg, g = materialize(arg), materialize(g)
     zero = jnp.zeros((), g.dtype)
