@@ -91,6 +91,14 @@ def test_max_pool_equals_xla_including_ties(h, w, seed, relu, window):
     np.testing.assert_array_equal(g_fast, g_ref)
 
 
+def test_max_pool_gradient_materialises_argmax_and_incoming_gradient():
+    """Two fusion barriers (while loops) in the compiled gradient, so that XLA:CPU does not
+    recompute the argmax and the incoming gradient for every plane of the interleave."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.tanh(max_pool(jnp.maximum(x, 0), 3, 2, 1)))))
+    assert grad.lower(x).compile().as_text().count(" while(") == 2
+
+
 def test_resnet_with_fast_ops_equals_flax_conv():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     small = dict(stage_sizes=(1, 1, 1, 1), num_filters=8, dim=8, num_classes=3)   # every op of ResNet18
