@@ -5,10 +5,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from rsjax.models.resnet import _DW_ROWS, Conv, ResNet, _row_batches, conv_im2col, max_pool
+from rsjax.models.resnet import _DW_ROWS, Conv, ResNet, _kernel_major, _row_batches, conv_im2col, max_pool
 
 
 @settings(max_examples=14)
@@ -68,6 +69,25 @@ def test_kernel_gradient_reads_the_output_gradient_as_it_lies():
     np.testing.assert_allclose(
         grad(kernel), jax.grad(lambda k: jnp.sum(jnp.tanh(lax.conv_general_dilated(
             x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(kernel), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows_per_image, kernel_major", [(64, False), (1, True)])
+def test_kernel_gradient_in_either_orientation_equals_lax(rows_per_image, kernel_major):
+    """Few rows and a large kernel (layer4 at 64 px) give the (K, Cout) product, the kernel's own
+    layout; many rows the (Cout, K) one, transposed afterwards. Both equal XLA's gradient."""
+    side = int(rows_per_image ** 0.5)
+    x = jax.random.normal(jax.random.key(0), (4, side, side, 32))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 32, 64))
+    assert _kernel_major(4 * rows_per_image, 3 * 3 * 32, 64) == kernel_major
+    conv = lambda k: conv_im2col(x, k, (1, 1), ((1, 1), (1, 1)))
+    ref = lambda k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    grad = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(conv(k)))))
+    entry = grad.lower(kernel).compile().as_text()
+    entry = entry[entry.index("ENTRY"):]
+    product = r"f32\[288,64\]\{1,0\} dot\(" if kernel_major else r"f32\[64,288\]\{1,0\} dot\("
+    assert re.search(product, entry), entry
+    np.testing.assert_allclose(grad(kernel), jax.grad(lambda k: jnp.sum(jnp.tanh(ref(k))))(kernel),
+                               rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=12)

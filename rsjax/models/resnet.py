@@ -73,7 +73,9 @@ def _patch_gemm(p: jax.Array, w: jax.Array) -> jax.Array:
     copy (13 ms for 4 MB in the 64 px step). It is written here as a ``dot_general`` that
     contracts the rows of ``g`` and of the patches as they lie, giving ``(Cout, K)``; XLA hands
     it to Eigen, which reads a transposed operand in its packing. (Written over the 4-D arrays,
-    contracting B, Ho and Wo at once, XLA canonicalises it back into the transposed copy.) A
+    contracting B, Ho and Wo at once, XLA canonicalises it back into the transposed copy.) Where
+    the kernel gradient outgrows its operands it is computed as ``(K, Cout)`` instead
+    (:func:`_kernel_major`). A
     long contraction (the stem: 65 536 rows at 64 px) is split into batches of at least
     :data:`_DW_ROWS` rows, summed afterwards. This replaced ``g^T`` made by an identity GEMM
     (:func:`rsjax.models.layers.transpose_by_gemm`) followed by XLA's GEMM. Alone, jitted, on the
@@ -100,11 +102,26 @@ def _row_batches(rows: int) -> int:
 def _patch_gemm_bwd(res, g):
     p, w = res
     kh, kw, cin, cout = w.shape
+    k = p.shape[-1]
     n = _row_batches(g.size // cout)
-    gb, pb = g.reshape(n, -1, cout), p.reshape(n, -1, p.shape[-1])
-    dw_t = lax.dot_general(gb, pb, (((1,), (1,)), ((0,), (0,)))).sum(axis=0)   # (Cout, K)
+    gb, pb = g.reshape(n, -1, cout), p.reshape(n, -1, k)
     dp = lax.dot_general(g, w.reshape(-1, cout), (((3,), (1,)), ((), ())))    # (B, Ho, Wo, K)
+    if _kernel_major(gb.shape[1], k, cout):
+        dw = lax.dot_general(pb, gb, (((1,), (1,)), ((0,), (0,)))).sum(axis=0)   # (K, Cout)
+        return dp, dw.reshape(kh, kw, cin, cout)
+    dw_t = lax.dot_general(gb, pb, (((1,), (1,)), ((0,), (0,)))).sum(axis=0)   # (Cout, K)
     return dp, dw_t.reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
+
+
+def _kernel_major(rows: int, k: int, cout: int) -> bool:
+    """Whether the kernel gradient is computed as ``(K, Cout)``, the kernel's own layout, rather than
+    ``(Cout, K)`` and transposed: when it is at least as large as the operands it is computed from
+    (``rows (K + Cout) <= K Cout``: layer4 at 64 px, 256 rows). Its transposed reads (by the
+    gradient norm and the SGD update) then cost more than Eigen's slower product in that
+    orientation saves: the SNCA-CE(MB) step at 64 px took 0.956-0.975 of the time with layer4's
+    kernel gradients in HWIO; elsewhere (layer1, 16 384 rows) the other orientation is faster
+    (benchmarks/README.md)."""
+    return rows * (k + cout) <= k * cout
 
 
 _patch_gemm.defvjp(_patch_gemm_fwd, _patch_gemm_bwd)
