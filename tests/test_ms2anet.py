@@ -1,6 +1,7 @@
 """MS2A-Net: shapes for any H, W (odd too) and D, equality with a PyTorch implementation of the
 reference math, the loss falls, and the training step compiles once."""
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rsjax import configs
-from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
+from rsjax.models.ms2anet import MS2ANet, _weigh_bands, ms2anet_loss
 from rsjax.train.hsi import apply_model, build_model, init_state, train_chunk, train_step
 
 
@@ -83,6 +84,29 @@ def test_forward_and_loss_equal_pytorch_reference(h, w, d, spf_odd):
     np.testing.assert_allclose(out["recon"], recon, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out["m_prime"], m, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=10)
+@given(n=st.integers(1, 2), d=st.integers(1, 9), d3=st.integers(1, 4), p=st.integers(1, 30), seed=st.integers(0, 99))
+def test_weigh_bands_equals_autodiff(n, d, d3, p, seed):
+    """SAF = SA^T X with the hand-written gradient: same value and gradients as autodiff's."""
+    ks = jax.random.split(jax.random.key(seed), 3)
+    sa, x, probe = (jax.random.normal(ks[0], (n, d, d3)), jax.random.normal(ks[1], (n, d, p)),
+                    jax.random.normal(ks[2], (n, d3, p)))
+    plain = lambda sa, x: jnp.swapaxes(sa, 1, 2) @ x
+    np.testing.assert_allclose(_weigh_bands(sa, x), plain(sa, x), rtol=1e-6, atol=1e-6)
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * probe), argnums=(0, 1))(sa, x) for f in (_weigh_bands, plain)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_weigh_bands_gradient_has_the_scene_on_the_left():
+    """The SA gradient is one (D x d3) product, not autodiff's (d3 x D) one transposed (slow on
+    XLA:CPU when the left operand has only d3 rows)."""
+    sa, x = jnp.ones((1, 40, 3)), jnp.ones((1, 40, 5000))
+    grad = jax.jit(jax.grad(lambda sa: jnp.sum(jnp.tanh(_weigh_bands(sa, x)))))
+    hlo = grad.lower(sa).compile().as_text()
+    assert re.search(r"f32\[40,3\]\{1,0\} dot\(", hlo) and not re.search(r"f32\[1?,?3,40\]\{[0-9,]+\} dot\(", hlo)
 
 
 # ---------------------------------------------------------------- training

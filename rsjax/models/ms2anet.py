@@ -122,6 +122,29 @@ class SPF(nn.Module):
         return nn.relu(batch_norm(train, name="bn", axis=0)(y))
 
 
+@jax.custom_vjp
+def _weigh_bands(sa: jax.Array, x_flat: jax.Array) -> jax.Array:
+    """SAF = ``sa^T @ x_flat``: (N, D, d3) and (N, D, pixels) -> (N, d3, pixels).
+
+    Its gradient with respect to SA is computed as ``x_flat @ dSAF^T`` (D x d3), the scene on the
+    left. Autodiff gives ``dSAF @ x_flat^T`` (d3 x D, then transposed), and XLA:CPU's GEMM runs a
+    product whose left operand has only d3 rows against a long contraction about five times slower
+    (6.6 against 1.35 ms at Trento's 99 600 pixels, alone)."""
+    return jnp.swapaxes(sa, 1, 2) @ x_flat
+
+
+def _weigh_bands_fwd(sa, x_flat):
+    return _weigh_bands(sa, x_flat), (sa, x_flat)
+
+
+def _weigh_bands_bwd(res, g):
+    sa, x_flat = res
+    return x_flat @ jnp.swapaxes(g, 1, 2), sa @ g
+
+
+_weigh_bands.defvjp(_weigh_bands_fwd, _weigh_bands_bwd)
+
+
 class SpectralAssociationStream(nn.Module):
     """F = softmax_c(ReLU(BN(conv3x3(X)))); SA = softmax_D(X)^T F; SAF = X SA.
 
@@ -146,7 +169,7 @@ class SpectralAssociationStream(nn.Module):
         f = _softmax_few(per_image(f), axis=1)                              # F, per pixel over channels
         x_flat = per_image(x)
         sa = x_soft @ f.transpose(0, 2, 1)                                   # SA: D x d3
-        saf = sa.transpose(0, 2, 1) @ x_flat                                 # SAF: d3 x pixels
+        saf = _weigh_bands(sa, x_flat)                                       # SAF: d3 x pixels
         return saf.transpose(1, 0, 2).reshape(self.d3, b, h, w)
 
 
