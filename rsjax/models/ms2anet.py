@@ -128,8 +128,8 @@ def _weigh_bands(sa: jax.Array, x_flat: jax.Array) -> jax.Array:
 
     Its gradient with respect to SA is computed as ``x_flat @ dSAF^T`` (D x d3), the scene on the
     left. Autodiff gives ``dSAF @ x_flat^T`` (d3 x D, then transposed), and XLA:CPU's GEMM runs a
-    product whose left operand has only d3 rows against a long contraction about five times slower
-    (6.6 against 1.35 ms at Trento's 99 600 pixels, alone)."""
+    product whose left operand has only d3 rows against a long contraction three to five times
+    slower (3.8-6.6 against 1.2-1.35 ms at Trento's 99 600 pixels, alone, on a 2-core Xeon)."""
     return jnp.swapaxes(sa, 1, 2) @ x_flat
 
 
