@@ -75,9 +75,8 @@ def _patch_gemm(p: jax.Array, w: jax.Array) -> jax.Array:
     it to Eigen, which reads a transposed operand in its packing. (Written over the 4-D arrays,
     contracting B, Ho and Wo at once, XLA canonicalises it back into the transposed copy.) Where
     the kernel gradient outgrows its operands it is computed as ``(K, Cout)`` instead
-    (:func:`_kernel_major`). A
-    long contraction (the stem: 65 536 rows at 64 px) is split into batches of at least
-    :data:`_DW_ROWS` rows, summed afterwards. This replaced ``g^T`` made by an identity GEMM
+    (:func:`_kernel_major`). A long contraction (the stem: 65 536 rows at 64 px) is split into
+    batches of at least :data:`_DW_ROWS` rows, summed afterwards. This replaced ``g^T`` made by an identity GEMM
     (:func:`rsjax.models.layers.transpose_by_gemm`) followed by XLA's GEMM. Alone, jitted, on the
     2-core Xeon, kernel transposition included: the stem's kernel gradient 7.7 against 14.7 ms,
     layer1's 9.5 against 10.7 ms and layer4's 3.8 against 4.4 ms. In the SNCA-CE(MB) step at
