@@ -84,8 +84,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"PyTorch eager, the reference math (`python -m experiments.reference_torch --seeds {args.seeds} "
-             f"--iters {args.iters} --spf-odd {args.spf_odd}`); mean +/- std over seeds, OA per seed.", "",
+    command = f"python -m experiments.reference_torch --seeds {args.seeds} --iters {args.iters} --spf-odd {args.spf_odd}"
+    if args.scenes != ",".join(REFERENCE_OA):
+        command += f" --scenes {args.scenes}"
+    if args.out != "results/reference_torch":
+        command += f" --out {args.out}"
+    lines = [f"PyTorch eager, the reference math (`{command}`); mean +/- std over seeds, OA per seed.", "",
              "| scene | OA | per seed | NMI | ARI | issue #2 reference (3 seeds) |", "|---|---|---|---|---|---|"]
     for name in args.scenes.split(","):
         path = out / f"{name}.json"

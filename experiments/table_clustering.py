@@ -14,6 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+from scipy import stats
+
 from experiments.common import cached_run, oa_line
 from rsjax import configs
 from rsjax.data.hsi import load_scene
@@ -60,10 +63,14 @@ def main(argv=None):
 def format_markdown(results: dict, args) -> str:
     command = (f"python -m experiments.table_clustering --seeds {args.seeds} --iters {args.iters} --keep {args.keep} "
                f"--spf-odd {args.spf_odd}")
+    if args.scenes != ",".join(SCENES):
+        command += f" --scenes {args.scenes}"
     if args.methods != ",".join(METHODS):
         command += f" --methods {args.methods}"
     if args.out != "results/clustering":
         command += f" --out {args.out}"
+    if args.torch_reference:
+        command += f" --torch-reference {args.torch_reference}"
     lines = [f"Seeds: {args.seeds}; iterations: {args.iters}; command: `{command}`.",
              "Deep models keep the parameters of their lowest-loss iteration: 'updated' = right after its Adam "
              "update (the authors' code), 'evaluated' = the ones that scored it (column keep; rows computed "
@@ -89,9 +96,21 @@ def format_markdown(results: dict, args) -> str:
             if torch_path.exists():    # the same math in PyTorch, its own initialisation, the same seeds
                 t = json.loads(torch_path.read_text())
                 line += (f"; the same math in PyTorch (experiments/reference_torch.py, spf_odd {t['spf_odd']}, "
-                         f"{len(t['seeds'])} seeds): {t['summary']['OA']['mean']:.2f} +/- {t['summary']['OA']['std']:.2f}")
+                         f"{len(t['seeds'])} seeds): {t['summary']['OA']['mean']:.2f} +/- {t['summary']['OA']['std']:.2f}"
+                         + welch_note([r["OA"] for r in results[(scene, "ms2anet")]["runs"]], [r["OA"] for r in t["runs"]]))
             lines.append(line + ".")
     return "\n".join(lines) + "\n"
+
+
+def welch_note(rsjax_oa: list[float], torch_oa: list[float]) -> str:
+    """Standard errors of the two seed means and Welch's t-test of their difference (scipy), so a
+    reader can tell seed luck from a real difference between the implementations."""
+    if min(len(rsjax_oa), len(torch_oa)) < 2:
+        return ""
+    se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v)))
+    test = stats.ttest_ind(rsjax_oa, torch_oa, equal_var=False)
+    return (f" (standard error of the mean: rsjax {se(rsjax_oa):.2f}, PyTorch {se(torch_oa):.2f}; "
+            f"difference {np.mean(rsjax_oa) - np.mean(torch_oa):+.2f}, Welch's t-test p = {test.pvalue:.2f})")
 
 
 if __name__ == "__main__":
