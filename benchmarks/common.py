@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import sys
+import time
 
 
 def machine() -> dict:
@@ -34,21 +35,34 @@ def machine() -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), **gpu, "python": platform.python_version(),
             "jax": jax.__version__, "jax_backend": jax.default_backend(), "flax": flax.__version__,
             "optax": optax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),
             "load_avg_1min_start": load,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def cpu_process_setup() -> dict | None:
-    """What the ResNet benchmarks do first, before JAX or PyTorch start: PyTorch's OpenMP (libgomp)
-    waits passively unless the caller set ``OMP_WAIT_POLICY`` (its default spinning makes PyTorch
-    several times slower when other processes share the cores; read when torch loads), and glibc
-    keeps freed step buffers (:func:`rsjax.hostmem.keep_freed_memory`, as ``rsjax embed`` runs).
-    Returns what ``keep_freed_memory`` set."""
+    """What the ResNet benchmarks do first, before JAX starts: glibc keeps freed step buffers
+    (:func:`rsjax.hostmem.keep_freed_memory`, as ``rsjax embed`` runs). Returns what it set.
+
+    PyTorch's OpenMP (libgomp) keeps its default wait policy (spin a while after each parallel
+    region, then sleep) unless the caller sets ``OMP_WAIT_POLICY``: on the 2-core Xeon,
+    2026-11-27, the SNCA-CE(MB) step at 64 px ran at 213 img/s with the default against 190 with
+    ``PASSIVE``, which these benchmarks used to set (and ``ACTIVE``, spinning without end, starved
+    rsjax's threads when the two were interleaved: 114 against 186-196 img/s). :func:`settle`
+    keeps the default's spinning out of the next contender's time."""
     from rsjax.hostmem import keep_freed_memory
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return keep_freed_memory()
+
+
+SETTLE_S = 0.1   # longer than libgomp's default spin (300 000 pauses) and Eigen's pool spin
+
+
+def settle() -> None:
+    """An untimed pause between timed contenders on a CPU, so the worker threads of the one that
+    just ran (PyTorch's OpenMP spins after its last parallel region, XLA's pool briefly too) are
+    idle before the next one starts. Nothing on a GPU."""
+    if not on_gpu():
+        time.sleep(SETTLE_S)
 
 
 # ----------------------------------------------------------------------------- GPU runs

@@ -35,8 +35,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import (PRECISIONS, gpu_memory, machine, model_dtype, on_gpu, precision, torch_device,
-                               torch_sync)
+from benchmarks.common import (PRECISIONS, gpu_memory, machine, model_dtype, on_gpu, precision, settle,
+                               torch_device, torch_sync)
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -191,6 +191,7 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
     peak_j, peak_t = 0, 0
     base_rss = _rss_bytes()
     for r in range(reps):
+        settle()
         with PeakRSS() as pk:
             t = time.perf_counter()
             state_chunk, losses = chunk_c(state_chunk, x)
@@ -201,6 +202,7 @@ def bench_shape(name: str, cube: np.ndarray, reps: int, chunk: int, lam: float =
             loss.block_until_ready()
             t_step.append(time.perf_counter() - t)
         peak_j = max(peak_j, pk.peak)
+        settle()
         with PeakRSS() as pk:
             t = time.perf_counter()
             for _ in range(chunk):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks.common import cpu_process_setup, machine
+from benchmarks.common import cpu_process_setup, machine, settle
 
 # F(2 x 2, 3 x 3): Y = A^T [(G w G^T) * (B^T d B)] A over 4 x 4 input tiles with stride 2
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
@@ -159,6 +159,7 @@ def _median_times(fns: dict, reps: int) -> dict:
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
+            settle()
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)

@@ -23,10 +23,12 @@ SNCA loss plus bank update scales with the bank size N.
    time / N, and the least-squares log-log slope of time against N (linear cost is slope 1; the
    bar is <= ~1.1), plus the slope between the two largest N.
 
-``main()`` sets ``OMP_WAIT_POLICY=PASSIVE`` before PyTorch loads unless it is already set
-(:func:`benchmarks.common.cpu_process_setup`):
-libgomp's default spinning makes PyTorch several times slower when other processes share the
-cores. Run with ``OMP_WAIT_POLICY=ACTIVE`` to measure the spinning default.
+PyTorch's OpenMP keeps its default wait policy (libgomp spins a while after each parallel
+region, then sleeps; ``OMP_WAIT_POLICY`` set by the caller is respected and printed), and an
+untimed pause after every repetition (:func:`benchmarks.common.settle`) lets each contender's
+threads go idle before the next one is timed. Until 2026-11-27 this script set
+``OMP_WAIT_POLICY=PASSIVE``, which slowed PyTorch's 64 px step by about 11% on the 2-core Xeon
+and so flattered rsjax (``benchmarks/README.md``).
 
 Usage::
 
@@ -54,7 +56,7 @@ import time
 import numpy as np
 
 from benchmarks.common import (PRECISIONS, cpu_process_setup, gpu_memory, machine, model_dtype, on_gpu, precision,
-                               torch_device, torch_sync)
+                               settle, torch_device, torch_sync)
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
 METHODS = ("snca-ce-mb", "snca-ce-mu")
@@ -201,6 +203,7 @@ def bench_step(method: str, size: int, *, reps: int, steps_per_rep: int, torch_1
     for r in range(reps):
         for j in range(len(names)):
             name = names[(r + j) % len(names)]
+            settle()
             times[name].append(runners[name]())
     ips = {name: [steps_per_rep * BATCH / t for t in ts] for name, ts in times.items()}
     med = {name: _median(v) for name, v in ips.items()}
