@@ -6,7 +6,6 @@ import contextlib
 import datetime
 import os
 import platform
-import sys
 import time
 
 
