@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import cached_run, oa_line
+from experiments.common import cached_run, command_line, oa_line
 from rsjax import configs
 from rsjax.data.hsi import load_scene
 
@@ -75,6 +75,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=800)
     ap.add_argument("--out", default="results/ablation")
     args = ap.parse_args(argv)
+    args.command = command_line("experiments.ablation_ms2anet", ap, args, shown=("scenes", "studies", "seeds", "iters"))
     studies = [s for s in args.studies.split(",") if s and s != "none"]
     unknown = sorted(set(studies) - set(STUDIES))
     if unknown:
@@ -113,10 +114,8 @@ def format_markdown(params: list[dict], results: dict, args) -> str:
     lines += [f"| {r['scene']} | {r['bands']} | {r['dilated']:,} | {r['plain']:,} | {r['ratio']:.2f} | "
               f"{r['dilated_spatial']:,} | {r['plain_spatial']:,} |" for r in params]
     if results:
-        command = (f"python -m experiments.ablation_ms2anet --scenes {args.scenes} --studies {args.studies} "
-                   f"--seeds {args.seeds} --iters {args.iters}")
         lines += ["", f"Clustering with one setting changed at a time, mean +/- std over {args.seeds} seeds "
-                      f"({args.iters} iterations; command: `{command}`). OA, AA, Kappa in %; time in seconds per run.", "",
+                      f"({args.iters} iterations; command: `{args.command}`). OA, AA, Kappa in %; time in seconds per run.", "",
                   "| scene | study | value | OA | AA | Kappa | NMI | ARI | time (s) |", "|---|---|---|---|---|---|---|---|---|"]
         for (scene, study), rows in results.items():
             for value, summary in rows:

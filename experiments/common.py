@@ -1,7 +1,9 @@
 """What the experiment scripts share: one cached result file per table row, so an interrupted
-experiment resumes where it stopped (delete a file to recompute its row)."""
+experiment resumes where it stopped (delete a file to recompute its row), and the command line
+their tables record."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -30,3 +32,20 @@ def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
 def oa_line(label: str, summary: dict) -> str:
     s = summary["summary"]
     return f"{label:<40} OA {s['OA']['mean']:.2f} +/- {s['OA']['std']:.2f} ({summary.get('wall_s', 0):.0f} s)"
+
+
+def command_line(module: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 shown: tuple[str, ...] = ()) -> str:
+    """The command that reproduces ``args``: ``python -m module`` with the options named in ``shown``
+    (destinations) and every other option whose value differs from its default, in the parser's
+    order, so a table records exactly what produced it."""
+    parts = [f"python -m {module}"]
+    for dest, value in vars(args).items():
+        if dest not in shown and value == parser.get_default(dest):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif value is not False and value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)

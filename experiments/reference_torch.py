@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import command_line
 from experiments.table_clustering import REFERENCE_OA
 from rsjax.data.hsi import load_scene, minmax_scale
 from rsjax.metrics.clustering import clustering_scores, kmeans, summarize
@@ -84,11 +85,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = f"python -m experiments.reference_torch --seeds {args.seeds} --iters {args.iters} --spf-odd {args.spf_odd}"
-    if args.scenes != ",".join(REFERENCE_OA):
-        command += f" --scenes {args.scenes}"
-    if args.out != "results/reference_torch":
-        command += f" --out {args.out}"
+    command = command_line("experiments.reference_torch", ap, args, shown=("seeds", "iters", "spf_odd"))
     lines = [f"PyTorch eager, the reference math (`{command}`); mean +/- std over seeds, OA per seed.", "",
              "| scene | OA | per seed | NMI | ARI | issue #2 reference (3 seeds) |", "|---|---|---|---|---|---|"]
     for name in args.scenes.split(","):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from experiments.common import cached_run, oa_line
+from experiments.common import cached_run, command_line, oa_line
 from rsjax import configs
 from rsjax.data.hsi import load_scene
 
@@ -42,6 +42,7 @@ def main(argv=None):
                     help="folder of experiments/reference_torch.py results to compare with "
                          "(default: results/reference_torch for crop, results/reference_torch_resize for resize)")
     args = ap.parse_args(argv)
+    args.command = command_line("experiments.table_clustering", ap, args, shown=("seeds", "iters", "keep", "spf_odd"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -61,17 +62,7 @@ def main(argv=None):
 
 
 def format_markdown(results: dict, args) -> str:
-    command = (f"python -m experiments.table_clustering --seeds {args.seeds} --iters {args.iters} --keep {args.keep} "
-               f"--spf-odd {args.spf_odd}")
-    if args.scenes != ",".join(SCENES):
-        command += f" --scenes {args.scenes}"
-    if args.methods != ",".join(METHODS):
-        command += f" --methods {args.methods}"
-    if args.out != "results/clustering":
-        command += f" --out {args.out}"
-    if args.torch_reference:
-        command += f" --torch-reference {args.torch_reference}"
-    lines = [f"Seeds: {args.seeds}; iterations: {args.iters}; command: `{command}`.",
+    lines = [f"Seeds: {args.seeds}; iterations: {args.iters}; command: `{args.command}`.",
              "Deep models keep the parameters of their lowest-loss iteration: 'updated' = right after its Adam "
              "update (the authors' code), 'evaluated' = the ones that scored it (column keep; rows computed "
              "before the option existed used 'evaluated').",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import command_line
 from rsjax import configs
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
@@ -42,6 +43,8 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true",
                     help="build the table from the finished runs only; train nothing")
     args = ap.parse_args(argv)
+    args.command = command_line("experiments.table_snca", ap, args,
+                                shown=("seeds", "epochs", "image_size", "batch_size", "lr"))
     keep_freed_memory()
     out = Path(args.out)
     rows: dict[str, list[dict]] = {}
@@ -79,9 +82,7 @@ def format_markdown(rows: dict, args) -> str:
     head = ["method", "seeds", *COLUMNS, "train time / run (min)"]
     lines = [f"Dataset `{args.dataset}` (70/10/20 stratified split per seed), ResNet18 from scratch at "
              f"{args.image_size} x {args.image_size}, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}; "
-             f"machine: {platform.node()} ({platform.machine()}, 2 cores), command: `python -m experiments.table_snca "
-             f"--seeds {args.seeds} --epochs {args.epochs} --image-size {args.image_size} --batch-size {args.batch_size} "
-             f"--lr {args.lr}`. Mean +/- std over seeds, in %.", "",
+             f"machine: {platform.node()} ({platform.machine()}, 2 cores), command: `{args.command}`. Mean +/- std over seeds, in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in rows.items():
         cells = []

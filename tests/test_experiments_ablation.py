@@ -48,6 +48,7 @@ def test_rows_are_cached_and_reported(tmp_path, monkeypatch):
 
     class Args:
         scenes, studies, seeds, iters = "tiny", "lambda", 2, 2
+        command = "python -m experiments.ablation_ms2anet --scenes tiny --studies lambda --seeds 2 --iters 2"
     text = ab.format_markdown(ab.table_v({"tiny": 5}), results, Args)
     assert "| tiny | lambda | 0.1 |" in text and "| tiny | 5 |" in text
     assert ab.plot(results, tmp_path / "a.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
-"""experiments/table_clustering.py: the statistics its notes print."""
+"""experiments/table_clustering.py: the statistics its notes print; experiments/common.py: the command
+line the tables record."""
 import numpy as np
 from scipy import stats
 
@@ -17,3 +18,25 @@ def test_welch_note_matches_hand_computed_statistics():
     assert f"rsjax {np.sqrt(va):.2f}, PyTorch {np.sqrt(vb):.2f}" in note
     assert f"difference {np.mean(a) - np.mean(b):+.2f}" in note and f"p = {p:.2f})" in note
     assert "p = 1.00" in welch_note(a, list(a)) and welch_note([60.0], b) == ""
+
+
+def test_command_line_reproduces_the_arguments():
+    """experiments/common.command_line: the recorded command, parsed again, gives the same arguments;
+    options left at their default appear only when asked for."""
+    import argparse
+    import shlex
+
+    from experiments.common import command_line
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenes", default="a,b")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--spf-odd", default="crop")
+    ap.add_argument("--torch-reference", default=None)
+    ap.add_argument("--report-only", action="store_true")
+    for argv in ([], ["--scenes", "b", "--report-only"], ["--seeds", "20", "--torch-reference", "r/t"]):
+        args = ap.parse_args(argv)
+        command = command_line("experiments.x", ap, args, shown=("seeds",))
+        assert command.startswith("python -m experiments.x --")
+        assert ap.parse_args(shlex.split(command)[3:]) == args
+        assert ("--scenes" in command) == (args.scenes != "a,b") and "--seeds" in command
+    assert command_line("m", ap, ap.parse_args([])) == "python -m m"
