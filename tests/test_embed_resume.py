@@ -7,19 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsjax import configs
 from rsjax.train import checkpoint, embed
 
-N, B, C, SIZE = 32, 8, 4, 16
-
-
-def tiny_cfg(method, **over):
-    cfg = configs.get(method)
-    cfg.stage_sizes, cfg.num_filters, cfg.dim = (1,), 4, 8
-    cfg.image_size, cfg.batch_size, cfg.lr = SIZE, B, 0.05
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    return cfg
+from tiny_embed import B, C, N, SIZE, tiny_cfg  # tests/tiny_embed.py
 
 
 @pytest.fixture(scope="module")

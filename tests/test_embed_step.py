@@ -9,20 +9,7 @@ from rsjax import bank as bank_lib
 from rsjax import configs, losses
 from rsjax.train import embed
 
-N, B, C, SIZE = 32, 8, 4, 16
-
-
-def tiny_cfg(method, **over):
-    cfg = configs.get(method)
-    cfg.stage_sizes = (1,)
-    cfg.num_filters = 4
-    cfg.dim = 8
-    cfg.image_size = SIZE
-    cfg.batch_size = B
-    cfg.lr = 0.05
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    return cfg
+from tiny_embed import B, C, N, SIZE, tiny_cfg  # tests/tiny_embed.py
 
 
 @pytest.fixture(scope="module")
