@@ -3,8 +3,6 @@ side-by-side measurement (rsjax and PyTorch agree on the first loss; every figur
 the convolution probe (its polyphase rewrite equals the dilated convolution)."""
 import functools
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # benchmarks/ lives next to rsjax/, not installed
-from benchmarks.flops import count_flops  # noqa: E402
+from benchmarks.flops import count_flops
 
 
 def test_count_flops_dot_conv_scan_and_dead_code():

@@ -1,8 +1,6 @@
 """The ResNet probe: its Winograd convolution is exact (value and gradients) and both parts run at a
 tiny size with well-formed results. No timing assertions (the machine is shared)."""
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # benchmarks/ lives next to rsjax/, not installed
-from benchmarks.resnet_probe import conv_shapes, winograd_conv  # noqa: E402
+from benchmarks.resnet_probe import conv_shapes, winograd_conv
 
 
 @settings(max_examples=8, deadline=None)

@@ -3,13 +3,10 @@
 No timing assertions (the machine is shared); only that the measurement runs and is well formed.
 """
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # benchmarks/ lives next to rsjax/, not installed
-from benchmarks.snca_step import snca_bank_scaling  # noqa: E402
+from benchmarks.snca_step import snca_bank_scaling
 
 
 def test_snca_bank_scaling_tiny():
