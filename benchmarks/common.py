@@ -9,6 +9,17 @@ import platform
 import time
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows of it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return cpu
+
+
 def machine() -> dict:
     """CPU model and count, the GPU (when JAX runs on one), library versions, PyTorch's thread
     count and OpenMP wait policy, the JAX backend, the 1-minute load average now
@@ -17,12 +28,6 @@ def machine() -> dict:
     import jax
     import optax
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -31,7 +36,7 @@ def machine() -> dict:
     if jax.default_backend() == "gpu":
         gpu = {"gpu": jax.devices()[0].device_kind, "torch_gpu": torch.cuda.get_device_name(0),
                "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), **gpu, "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), **gpu, "python": platform.python_version(),
             "jax": jax.__version__, "jax_backend": jax.default_backend(), "flax": flax.__version__,
             "optax": optax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
+from benchmarks.common import cpu_model
 from rsjax.cluster import run
+
+
+def machine() -> str:
+    """What the tables say of the machine that made them: CPU model, core count, host name."""
+    return f"{cpu_model()}, {os.cpu_count()} cores (host {platform.node()})"
 
 
 def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
@@ -21,7 +28,7 @@ def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
         return json.loads(path.read_text()), False
     t0 = time.time()
     summary = run(scene, cfg, list(seeds), out_dir=None, progress=False)
-    summary["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
+    summary["machine"] = machine()
     summary["wall_s"] = time.time() - t0
     summary.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from experiments.common import command_line
+from experiments.common import command_line, machine
 from experiments.table_clustering import REFERENCE_OA
 from rsjax.data.hsi import load_scene, minmax_scale
 from rsjax.metrics.clustering import clustering_scores, kmeans, summarize
@@ -71,7 +70,7 @@ def run_scene(name: str, seeds: list[int], iters: int, spf_odd: str) -> dict:
         runs.append(scores)
         print(f"{name:<20} seed {seed}: OA {scores['OA']:.2f} ({scores['time']:.0f} s)", flush=True)
     return {"dataset": name, "framework": "pytorch", "spf_odd": spf_odd, "iters": iters, "seeds": seeds,
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+            "machine": machine(),
             "summary": summarize(runs), "runs": runs}
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from experiments.common import command_line
+from experiments.common import command_line, machine
 from rsjax import configs
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
@@ -38,7 +37,8 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=configs.get(METHODS[0]).lr,
+                    help="SGD learning rate (default: the paper's, as in rsjax/configs)")
     ap.add_argument("--out", default="results/snca")
     ap.add_argument("--report-only", action="store_true",
                     help="build the table from the finished runs only; train nothing")
@@ -82,7 +82,7 @@ def format_markdown(rows: dict, args) -> str:
     head = ["method", "seeds", *COLUMNS, "train time / run (min)"]
     lines = [f"Dataset `{args.dataset}` (70/10/20 stratified split per seed), ResNet18 from scratch at "
              f"{args.image_size} x {args.image_size}, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}; "
-             f"machine: {platform.node()} ({platform.machine()}, 2 cores), command: `{args.command}`. Mean +/- std over seeds, in %.", "",
+             f"machine: {machine()}, command: `{args.command}`. Mean +/- std over seeds, in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in rows.items():
         cells = []
