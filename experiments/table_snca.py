@@ -7,7 +7,8 @@ SNCA-CE(MB), SNCA-CE(MU), SNCA(MB), CE only and Triplet.
     python -m experiments.table_snca --seeds 3 --epochs 10 --report-only   # table of the finished runs
 
 Every run keeps its own directory under results/snca/runs/ (checkpoints every epoch), so an
-interrupted experiment resumes where it stopped; finished runs are reused. The table goes to
+interrupted experiment resumes where it stopped; finished runs are reused (a run made with other
+settings stops the script: use another --out for them). The table goes to
 results/snca/table.md, the PR curves of seed 0 to results/snca/pr_curves.png and the learning
 curves to results/snca/learning_curves.png.
 """
@@ -24,6 +25,7 @@ from experiments.common import command_line, machine
 from rsjax import configs
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
+from rsjax.train.embed import config_conflicts
 
 METHODS = ("snca-ce-mb", "snca-ce-mu", "snca-mb", "ce", "triplet")
 COLUMNS = ("knn_oa@1", "knn_oa@5", "knn_oa@10", "kmeans_nmi", "kmeans_acc", "map", "map@r")
@@ -57,6 +59,13 @@ def main(argv=None):
             workdir = out / "runs" / f"{method}_s{seed}"
             done = workdir / "results.json"
             t0 = time.time()
+            if (workdir / "config.json").exists():
+                stored = json.loads((workdir / "config.json").read_text())
+                cfg.num_classes = stored.get("num_classes", 0)      # set from the data when it was trained
+                conflicts = config_conflicts(stored, cfg)
+                if conflicts:
+                    raise SystemExit(f"{workdir} was trained with other settings ({'; '.join(conflicts)}): "
+                                     "pass them again, or another --out for these.")
             if done.exists() and json.loads((workdir / "history.json").read_text())[-1]["epoch"] + 1 >= args.epochs:
                 results = json.loads(done.read_text())
             elif args.report_only:

@@ -62,10 +62,14 @@ def test_retrieve_cli(trained_run, tmp_path, capsys):
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
-def test_errors_name_the_problem(trained_run, tmp_path, capsys):
+def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
     workdir, _ = trained_run
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["embed", "retrieve", str(workdir), str(tmp_path / "bad.png")]) == 2
     assert "cannot read the image" in capsys.readouterr().err
     assert main(["embed", "evaluate", str(tmp_path)]) == 2
     assert "not a training run" in capsys.readouterr().err
+    # training into a finished run's directory with other settings is refused, naming them
+    assert main(["embed", "train", "--dataset", str(tiny_npz), "--workdir", str(workdir), "--batch-size", "8", "--lr", "0.5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings" in err and "lr: 0.01 -> 0.5" in err

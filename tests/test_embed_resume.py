@@ -91,3 +91,17 @@ def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables):
 
     again = embed.train(cfg, data, workdir=tmp_path / "b", **common)   # nothing left to do
     assert int(again["state"].step) == 2 * (N // B)
+
+    # resuming with settings other than the run's is refused, naming them; nothing is trained
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0\.05 -> 0\.1; sigma: 0\.1 -> 0\.2\).*another directory"):
+        embed.train(tiny_cfg("snca-ce-mb", epochs=3, lr=0.1, sigma=0.2), data, workdir=tmp_path / "b", **common)
+    assert embed.latest_checkpoint(tmp_path / "b")[0] == 2
+
+
+def test_config_conflicts_ignores_resumable_and_newer_fields():
+    stored = json.loads(tiny_cfg("snca-ce-mb").to_json())
+    assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", epochs=50, log_every=1, keep_checkpoints=5)) == []
+    del stored["margin"]                                   # a field rsjax gained after the run was made
+    assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", margin=0.3)) == []
+    assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", batch_size=4, dim=16)) == [
+        "batch_size: 8 -> 4", "dim: 8 -> 16"]

@@ -45,6 +45,7 @@ import optax
 from rsjax import bank as bank_lib
 from rsjax import losses
 from rsjax import parallel
+from rsjax.data.paths import DataError
 from rsjax.models.layers import compute_dtype
 from rsjax.models.resnet import ResNet
 from rsjax.train import checkpoint
@@ -365,6 +366,19 @@ def _unpack_data(data) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data.images), np.asarray(data.labels)
 
 
+# Config fields a resumed run may change: how long it trains, how often it logs, what it keeps.
+RESUMABLE_FIELDS = ("epochs", "log_every", "keep_checkpoints", "eval_batch_size", "knn_k")
+
+
+def config_conflicts(stored: Mapping, cfg) -> list[str]:
+    """``'field: stored -> requested'`` for every field of a run's stored ``config.json``, other than
+    :data:`RESUMABLE_FIELDS`, in which ``cfg`` differs (an empty list: ``cfg`` continues that run).
+    Fields the stored config lacks (added to rsjax after the run was made) are not compared."""
+    wanted = json.loads(cfg.to_json())
+    return [f"{k}: {stored[k]!r} -> {wanted.get(k)!r}" for k in sorted(stored)
+            if k not in RESUMABLE_FIELDS and stored[k] != wanted.get(k)]
+
+
 def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
           val_fn: Callable | None = None, mesh: jax.sharding.Mesh | None = None,
           progress: bool = True, variables: Mapping | None = None) -> dict:
@@ -376,7 +390,8 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
         with ``images`` and ``labels``, or an ``(images, labels)`` pair. Image ``i`` is bank row ``i``.
       workdir: checkpoints go to ``workdir/checkpoints/epoch_XXXX`` (the last
         ``cfg.keep_checkpoints`` kept), the per-epoch history to ``workdir/history.json``. If a
-        checkpoint exists, training resumes after it.
+        checkpoint exists, training resumes after it; a ``DataError`` names the fields in which
+        ``cfg`` differs from the run's ``config.json`` (only :data:`RESUMABLE_FIELDS` may).
       augment: ``augment(images, key) -> float32 NHWC`` applied to every batch before the step,
         e.g. ``functools.partial(rsjax.data.augment.augment, size=cfg.image_size)``; the key is
         ``rsjax.data.augment.augment_key(cfg.seed, step)``. Default: no augmentation (uint8 ->
@@ -410,6 +425,11 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
     history: list[dict] = []
     start_epoch = 0
     latest = latest_checkpoint(workdir)
+    if latest is not None and (workdir / "config.json").exists():
+        conflicts = config_conflicts(json.loads((workdir / "config.json").read_text()), cfg)
+        if conflicts:
+            raise DataError(f"{workdir} holds a run with other settings ({'; '.join(conflicts)}): resuming "
+                             "it would mix the two. Train into another directory, or delete this one to start afresh.")
     if latest is not None:
         start_epoch, path = latest
         state = checkpoint.restore(path, like=state)
