@@ -23,9 +23,10 @@ import numpy as np
 
 from experiments.common import command_line, machine
 from rsjax import configs
+from rsjax.data.paths import DataError
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
-from rsjax.train.embed import config_conflicts
+from rsjax.train.embed import check_resumable
 
 METHODS = ("snca-ce-mb", "snca-ce-mu", "snca-mb", "ce", "triplet")
 COLUMNS = ("knn_oa@1", "knn_oa@5", "knn_oa@10", "kmeans_nmi", "kmeans_acc", "map", "map@r")
@@ -59,13 +60,10 @@ def main(argv=None):
             workdir = out / "runs" / f"{method}_s{seed}"
             done = workdir / "results.json"
             t0 = time.time()
-            if (workdir / "config.json").exists():
-                stored = json.loads((workdir / "config.json").read_text())
-                cfg.num_classes = stored.get("num_classes", 0)      # set from the data when it was trained
-                conflicts = config_conflicts(stored, cfg)
-                if conflicts:
-                    raise SystemExit(f"{workdir} was trained with other settings ({'; '.join(conflicts)}): "
-                                     "pass them again, or another --out for these.")
+            try:
+                check_resumable(workdir, cfg)       # before a finished run is reused as it is
+            except DataError as e:
+                raise SystemExit(f"{e} Here: pass the run's settings again, or another --out for these.")
             if done.exists() and json.loads((workdir / "history.json").read_text())[-1]["epoch"] + 1 >= args.epochs:
                 results = json.loads(done.read_text())
             elif args.report_only:

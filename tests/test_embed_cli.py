@@ -70,6 +70,7 @@ def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
     assert main(["embed", "evaluate", str(tmp_path)]) == 2
     assert "not a training run" in capsys.readouterr().err
     # training into a finished run's directory with other settings is refused, naming them
-    assert main(["embed", "train", "--dataset", str(tiny_npz), "--workdir", str(workdir), "--batch-size", "8", "--lr", "0.5", "--quiet"]) == 2
+    assert main(["embed", "train", "--dataset", str(tiny_npz), "--workdir", str(workdir), "--batch-size", "8",
+                 "--lr", "0.5", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "holds a run with other settings" in err and "lr: 0.01 -> 0.5" in err

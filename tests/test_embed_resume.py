@@ -103,5 +103,8 @@ def test_config_conflicts_ignores_resumable_and_newer_fields():
     assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", epochs=50, log_every=1, keep_checkpoints=5)) == []
     del stored["margin"]                                   # a field rsjax gained after the run was made
     assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", margin=0.3)) == []
+    stored["num_classes"] = 4                              # set from the data when the run was made
+    assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb")) == []
+    assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", num_classes=5)) == ["num_classes: 4 -> 5"]
     assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", batch_size=4, dim=16)) == [
         "batch_size: 8 -> 4", "dim: 8 -> 16"]

@@ -373,10 +373,22 @@ RESUMABLE_FIELDS = ("epochs", "log_every", "keep_checkpoints", "eval_batch_size"
 def config_conflicts(stored: Mapping, cfg) -> list[str]:
     """``'field: stored -> requested'`` for every field of a run's stored ``config.json``, other than
     :data:`RESUMABLE_FIELDS`, in which ``cfg`` differs (an empty list: ``cfg`` continues that run).
-    Fields the stored config lacks (added to rsjax after the run was made) are not compared."""
+    Fields the stored config lacks (added to rsjax after the run was made) are not compared, nor is
+    a requested ``num_classes`` of 0 (taken from the data, as the stored one was)."""
     wanted = json.loads(cfg.to_json())
     return [f"{k}: {stored[k]!r} -> {wanted.get(k)!r}" for k in sorted(stored)
-            if k not in RESUMABLE_FIELDS and stored[k] != wanted.get(k)]
+            if k not in RESUMABLE_FIELDS and stored[k] != wanted.get(k)
+            and not (k == "num_classes" and wanted.get(k) == 0)]
+
+
+def check_resumable(workdir: str | Path, cfg) -> None:
+    """Raise a :class:`DataError` naming :func:`config_conflicts` when ``workdir`` holds a run
+    (its ``config.json``) that ``cfg`` would not continue."""
+    path = Path(workdir) / "config.json"
+    conflicts = config_conflicts(json.loads(path.read_text()), cfg) if path.exists() else []
+    if conflicts:
+        raise DataError(f"{workdir} holds a run with other settings ({'; '.join(conflicts)}): resuming "
+                        "it would mix the two. Train into another directory, or delete this one to start afresh.")
 
 
 def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
@@ -390,8 +402,8 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
         with ``images`` and ``labels``, or an ``(images, labels)`` pair. Image ``i`` is bank row ``i``.
       workdir: checkpoints go to ``workdir/checkpoints/epoch_XXXX`` (the last
         ``cfg.keep_checkpoints`` kept), the per-epoch history to ``workdir/history.json``. If a
-        checkpoint exists, training resumes after it; a ``DataError`` names the fields in which
-        ``cfg`` differs from the run's ``config.json`` (only :data:`RESUMABLE_FIELDS` may).
+        checkpoint exists, training resumes after it, if ``cfg`` continues that run
+        (:func:`check_resumable`: only :data:`RESUMABLE_FIELDS` may differ).
       augment: ``augment(images, key) -> float32 NHWC`` applied to every batch before the step,
         e.g. ``functools.partial(rsjax.data.augment.augment, size=cfg.image_size)``; the key is
         ``rsjax.data.augment.augment_key(cfg.seed, step)``. Default: no augmentation (uint8 ->
@@ -425,12 +437,8 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
     history: list[dict] = []
     start_epoch = 0
     latest = latest_checkpoint(workdir)
-    if latest is not None and (workdir / "config.json").exists():
-        conflicts = config_conflicts(json.loads((workdir / "config.json").read_text()), cfg)
-        if conflicts:
-            raise DataError(f"{workdir} holds a run with other settings ({'; '.join(conflicts)}): resuming "
-                             "it would mix the two. Train into another directory, or delete this one to start afresh.")
     if latest is not None:
+        check_resumable(workdir, cfg)
         start_epoch, path = latest
         state = checkpoint.restore(path, like=state)
         if history_path.exists():
