@@ -22,12 +22,15 @@ def cpu_model() -> str:
 
 def machine() -> dict:
     """CPU model and count, the GPU (when JAX runs on one), library versions, PyTorch's thread
-    count and OpenMP wait policy, the JAX backend, the 1-minute load average now
+    count and OpenMP wait policy, the JAX backend, rsjax's convolution form
+    (:func:`rsjax.models.layers.conv_form`), the 1-minute load average now
     (``load_avg_1min_start``) and the date."""
     import flax
     import jax
     import optax
     import torch
+
+    from rsjax.models.layers import conv_form
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -37,7 +40,8 @@ def machine() -> dict:
         gpu = {"gpu": jax.devices()[0].device_kind, "torch_gpu": torch.cuda.get_device_name(0),
                "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), **gpu, "python": platform.python_version(),
-            "jax": jax.__version__, "jax_backend": jax.default_backend(), "flax": flax.__version__,
+            "jax": jax.__version__, "jax_backend": jax.default_backend(), "rsjax_conv": conv_form(),
+            "flax": flax.__version__,
             "optax": optax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),
             "load_avg_1min_start": load,

@@ -12,11 +12,11 @@ gradient), timed as one jitted ``value_and_grad`` in JAX, with the input in rsja
 ``cudnn.benchmark``). Median of ``--reps`` timings of ``--inner`` calls each, synchronised.
 Meant for the GPU, where rsjax uses XLA's convolutions; runs on CPU too.
 
-A third JAX column times :func:`polyphase_conv`: a dilated convolution computed as an undilated
-one over the d x d polyphase sub-images moved into the batch (what TensorFlow's ``atrous_conv2d``
-does with ``space_to_batch``), exact. On the H100 (2026-11-26) XLA's dilated convolutions took
-4.7 ms (float32) against 1.1 ms undilated at this shape; this column is there to measure whether
-the rewrite brings them to the undilated cost before rsjax adopts it (not yet run on a GPU).
+A third JAX column times :func:`rsjax.models.layers.polyphase_conv_cnhw` (``RSJAX_CONV=polyphase``):
+a dilated convolution computed as an undilated one over the d x d polyphase sub-images moved into
+the batch (what TensorFlow's ``atrous_conv2d`` does with ``space_to_batch``), exact. On the H100
+(2026-11-26) XLA's dilated convolutions took 4.7 ms (float32) against 1.1 ms undilated at this
+shape; this column measures whether the rewrite brings them to the undilated cost.
 """
 from __future__ import annotations
 
@@ -48,23 +48,6 @@ def _median_time(fn, sync, reps: int, inner: int) -> float:
     return float(np.median(times))
 
 
-def polyphase_conv(x, kernel, dilation: int):
-    """'SAME' stride-1 convolution of NHWC ``x`` with HWIO ``kernel`` dilated by ``dilation``, as an
-    undilated convolution of the ``dilation**2`` polyphase sub-images stacked along the batch: output
-    pixel ``(d q + a, d r + b)`` only reads input pixels of phase ``(a, b)``, at ``(q + i - c, r + j - c)``.
-    H and W are zero-padded to multiples of ``d`` (beyond the image 'SAME' reads zeros anyway)."""
-    import jax.numpy as jnp
-    from jax import lax
-    d = dilation
-    n, h, w, c = x.shape
-    hp, wp = -(-h // d), -(-w // d)
-    x = jnp.pad(x, ((0, 0), (0, hp * d - h), (0, wp * d - w), (0, 0)))
-    x = x.reshape(n, hp, d, wp, d, c).transpose(2, 4, 0, 1, 3, 5).reshape(d * d * n, hp, wp, c)
-    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = y.reshape(d, d, n, hp, wp, -1).transpose(2, 3, 0, 4, 1, 5).reshape(n, hp * d, wp * d, -1)
-    return y[:, :h, :w]
-
-
 def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
     import jax
     import jax.numpy as jnp
@@ -72,7 +55,7 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
     import torch.nn.functional as F
     from jax import lax
 
-    from rsjax.models.layers import compute_dtype, conv_same_multi
+    from rsjax.models.layers import compute_dtype, conv_same_multi, polyphase_conv_cnhw
 
     jdt = compute_dtype(model_dtype(dtype))
     tdt = getattr(torch, model_dtype(dtype))
@@ -96,11 +79,11 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
                                                              dimension_numbers=("NHWC", "HWIO", "NHWC")),
                                     p_nhwc).astype(jnp.float32), argnums=argnums))
         f_poly = jax.jit(jax.value_and_grad(
-            lambda xx, kk: jnp.vdot(polyphase_conv(xx, kk, dil), p_nhwc).astype(jnp.float32), argnums=argnums))
+            lambda xx, kk: jnp.vdot(polyphase_conv_cnhw(xx, kk, dil), p_cnhw).astype(jnp.float32), argnums=argnums))
         kj = jnp.asarray(kern, jdt)
         t_cnhw = _median_time(lambda: f_cnhw(x_cnhw, kj), jax.block_until_ready, reps, inner)
         t_nhwc = _median_time(lambda: f_nhwc(x_nhwc, kj), jax.block_until_ready, reps, inner)
-        t_poly = _median_time(lambda: f_poly(x_nhwc, kj), jax.block_until_ready, reps, inner)
+        t_poly = _median_time(lambda: f_poly(x_cnhw, kj), jax.block_until_ready, reps, inner)
 
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev, tdt).requires_grad_(need_dx)
         kt = torch.from_numpy(kern.transpose(3, 2, 0, 1).copy()).to(dev, tdt).requires_grad_(True)
@@ -114,7 +97,7 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
         t_torch = _median_time(torch_fb, lambda _: torch_sync(), reps, inner)
         flops = 2.0 * h * w * k * k * cin * cout * (3 if need_dx else 2)
         rows.append({"conv": name, "k": k, "cin": cin, "cout": cout, "dilation": dil, "input_grad": need_dx,
-                     "dtype": dtype, "rsjax_cnhw_s": t_cnhw, "xla_nhwc_s": t_nhwc, "polyphase_nhwc_s": t_poly, "torch_s": t_torch,
+                     "dtype": dtype, "rsjax_cnhw_s": t_cnhw, "xla_nhwc_s": t_nhwc, "polyphase_cnhw_s": t_poly, "torch_s": t_torch,
                      "flops": flops})
     return rows
 
@@ -140,7 +123,7 @@ def main(argv=None) -> int:
           f"{'PyTorch ms':>11} {'rsjax/torch':>12}")
     for r in res["rows"]:
         print(f"{r['conv']:<11} {r['dtype']:>8} {1e3 * r['rsjax_cnhw_s']:>14.3f} {1e3 * r['xla_nhwc_s']:>12.3f} "
-              f"{1e3 * r['polyphase_nhwc_s']:>13.3f} {1e3 * r['torch_s']:>11.3f} {r['rsjax_cnhw_s'] / r['torch_s']:>12.2f}")
+              f"{1e3 * r['polyphase_cnhw_s']:>13.3f} {1e3 * r['torch_s']:>11.3f} {r['rsjax_cnhw_s'] / r['torch_s']:>12.2f}")
     return 0
 
 

@@ -2,7 +2,8 @@
 # The speed benchmarks on a GPU machine: rsjax vs PyTorch CUDA, float32 (no TF32) and bfloat16
 # (mixed precision). JSON and logs go to $OUT; every part has its own time limit, and each
 # benchmark logs a "record {json}" line per step or shape, so a part cut short keeps what it measured.
-#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh [PART ...]     PART: ms2anet snca64 snca128 probe (default all)
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh [PART ...]     PART: ms2anet snca64 snca128 probe (default all),
+#   or: ms2anet-xla ms2anet-polyphase (one RSJAX_CONV form each), snca128mu (SNCA-CE(MU) 128 px bfloat16)
 # Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
 # parts need about 15 minutes; run them as two calls where one command may take at most 10
 # (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
@@ -27,10 +28,13 @@ part() {   # part NAME SECONDS CMD...: one benchmark, its JSON on stdout, its lo
 for p in ${*:-ms2anet probe snca64 snca128}; do
   case $p in
     ms2anet) part ms2anet 240 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16 ;;
+    ms2anet-xla|ms2anet-polyphase)
+             RSJAX_CONV=${p#ms2anet-} part "$p" 180 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16 ;;
     probe)   part conv_probe 90 python3 -m benchmarks.conv_probe --json ;;
     snca64)  part snca64 420 python3 -m benchmarks.snca_step --json --sizes 64 --dtypes float32 bfloat16 ;;
     snca128) part snca128 420 python3 -m benchmarks.snca_step --json --sizes 128 --dtypes float32 bfloat16 --no-scaling ;;
-    *) echo "unknown part $p: use ms2anet, probe, snca64, snca128" >&2; exit 2 ;;
+    snca128mu) part snca128mu 240 python3 -m benchmarks.snca_step --json --sizes 128 --methods snca-ce-mu --dtypes bfloat16 --no-scaling ;;
+    *) echo "unknown part $p: use ms2anet, ms2anet-xla, ms2anet-polyphase, probe, snca64, snca128, snca128mu" >&2; exit 2 ;;
   esac
 done
 echo "== done in $(( $(date +%s) - start )) s"

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from rsjax.models.layers import compute_dtype, gemm_forms, materialize, transpose_by_gemm
+from rsjax.models.layers import compute_dtype, conv_form, gemm_forms, materialize, transpose_by_gemm
 from rsjax.models.ms2anet import MS2ANet, ms2anet_loss
 from rsjax.models.resnet import ResNet
 
@@ -48,29 +48,35 @@ def test_default_is_gemm_forms_on_cpu(monkeypatch):
     assert not gemm_forms()
     monkeypatch.setenv("RSJAX_CONV", "GEMM")
     assert gemm_forms()
+    monkeypatch.setenv("RSJAX_CONV", "polyphase")
+    assert not gemm_forms() and conv_form() == "polyphase"
 
 
 def test_unknown_rsjax_conv_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("RSJAX_CONV", "cudnn")
-    with pytest.raises(ValueError, match=r"RSJAX_CONV='cudnn'.*auto, gemm, xla"):
+    with pytest.raises(ValueError, match=r"RSJAX_CONV='cudnn'.*auto, gemm, xla, polyphase"):
         gemm_forms()
 
 
 @pytest.mark.parametrize("h,w", [(9, 7), (8, 12)])
-def test_ms2anet_gemm_and_xla_forms_agree(monkeypatch, h, w):
+def test_ms2anet_conv_forms_agree(monkeypatch, h, w):
     x = _scene(h, w)
     model = MS2ANet(6)
     variables = model.init(jax.random.key(1), x, train=True)
-    results = {}
-    for form in ("gemm", "xla"):
+    results, dilated = {}, {}
+    for form in ("gemm", "xla", "polyphase"):
         monkeypatch.setenv("RSJAX_CONV", form)
         results[form] = _ms2anet_loss_and_grads(model, variables, x)
-        prims = _primitives(lambda p: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
-                                                  train=False)["code"], variables["params"])
-        assert ("conv_general_dilated" in prims) == (form == "xla"), (form, sorted(prims))
-    (l_gemm, g_gemm), (l_xla, g_xla) = results["gemm"], results["xla"]
-    np.testing.assert_allclose(l_gemm, l_xla, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), g_gemm, g_xla)
+        eqns = list(_walk(jax.make_jaxpr(lambda p: model.apply(
+            {"params": p, "batch_stats": variables["batch_stats"]}, x, train=False)["code"])(variables["params"]).jaxpr))
+        convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+        assert bool(convs) == (form != "gemm"), form
+        dilated[form] = sum(max(e.params["rhs_dilation"]) > 1 for e in convs)
+    assert dilated["xla"] == 2 and dilated["polyphase"] == 0       # dilations (1, 2, 4): two are dilated
+    l_gemm, g_gemm = results["gemm"]
+    for form in ("xla", "polyphase"):
+        np.testing.assert_allclose(results[form][0], l_gemm, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), results[form][1], g_gemm)
 
 
 def test_resnet_default_conv_follows_the_setting(monkeypatch):
@@ -128,7 +134,7 @@ def _cosine(g1, g2) -> float:
     return float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
 
 
-@pytest.mark.parametrize("form", ["gemm", "xla"])
+@pytest.mark.parametrize("form", ["gemm", "xla", "polyphase"])
 def test_ms2anet_bfloat16_is_mixed_precision(monkeypatch, form):
     """bfloat16 convolutions, float32 parameters and outputs, a loss and a training step close to
     float32's."""
@@ -142,7 +148,7 @@ def test_ms2anet_bfloat16_is_mixed_precision(monkeypatch, form):
     np.testing.assert_allclose(l16, l32, rtol=2e-2)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))
     assert _cosine(g16, g32) > 0.98     # (per leaf, the conv biases before BatchNorm have ~0 gradient)
-    prim = "conv_general_dilated" if form == "xla" else "dot_general"
+    prim = "dot_general" if form == "gemm" else "conv_general_dilated"
     fwd = lambda p: m16.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=False)["code"]
     assert "bfloat16" in _dtypes_of(fwd, variables["params"], prim=prim)
     assert fwd(variables["params"]).dtype == jnp.float32

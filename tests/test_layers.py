@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from rsjax.models.layers import Conv, conv_taps, materialize, transpose_by_gemm
+from rsjax.models.layers import Conv, conv_taps, materialize, polyphase_conv_cnhw, transpose_by_gemm
 
 
 def lax_conv(x, kernel, dilation):
@@ -30,6 +30,25 @@ def test_conv_taps_equals_lax_conv_in_value_and_gradient(h, w, cin, cout, k, dil
     g_lax = jax.grad(f_lax, argnums=(0, 1))(x, kernel)
     for a, b in zip(g_taps, g_lax):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(1, 11), w=st.integers(1, 11), d=st.integers(1, 4), k=st.sampled_from([1, 3, 5]),
+       seed=st.integers(0, 2**16))
+def test_polyphase_conv_equals_dilated_conv(h, w, d, k, seed):
+    """The polyphase rewrite (``RSJAX_CONV=polyphase``) is the dilated 'SAME' convolution, in value
+    and both gradients, for any H, W (multiples of d or not, smaller than the kernel's reach too)."""
+    kx, kk, kp = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (3, 2, h, w))                     # CNHW
+    kern = jax.random.normal(kk, (k, k, 3, 4))
+    p = jax.random.normal(kp, (4, 2, h, w))
+    ref = lambda x, kern: jnp.vdot(lax.conv_general_dilated(x, kern, (1, 1), "SAME", rhs_dilation=(d, d),
+                                                            dimension_numbers=("CNHW", "HWIO", "CNHW")), p)
+    got = lambda x, kern: jnp.vdot(polyphase_conv_cnhw(x, kern, d), p)
+    (v1, g1), (v2, g2) = [jax.value_and_grad(f, argnums=(0, 1))(x, kern) for f in (ref, got)]
+    np.testing.assert_allclose(v2, v1, rtol=1e-5, atol=1e-4)
+    for a, b in zip(g2, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_conv_module_implementations_agree():

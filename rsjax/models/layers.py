@@ -15,7 +15,9 @@ backwards. When ``Cin < Cout`` the inputs are gathered instead (im2col,
 speed, where XLA's (dilated) convolution does not (its weight gradient is ~100x slower).
 
 Those GEMM forms are written for XLA:CPU; on a GPU (or TPU) rsjax uses XLA's own convolution
-(cuDNN on a GPU) instead: :func:`gemm_forms` picks per backend, ``RSJAX_CONV=gemm|xla`` overrides it.
+(cuDNN on a GPU) instead: :func:`conv_form` picks per backend, ``RSJAX_CONV=gemm|xla|polyphase``
+overrides it. ``polyphase`` is XLA's convolution with each dilated one computed as an undilated
+convolution of the ``d x d`` polyphase sub-images moved into the batch (:func:`polyphase_conv_cnhw`).
 """
 from __future__ import annotations
 
@@ -29,24 +31,34 @@ import jax.numpy as jnp
 from jax import lax
 
 
-CONV_CHOICES = ("auto", "gemm", "xla")
+CONV_CHOICES = ("auto", "gemm", "xla", "polyphase")
+AUTO_FORM_OFF_CPU = "xla"
 
 
-def gemm_forms() -> bool:
-    """Whether rsjax computes convolutions (and the transposes and fusion barriers around them) in
-    its forms for XLA:CPU (:func:`conv_same_multi`, :func:`transpose_by_gemm`, :func:`materialize`,
-    :class:`rsjax.models.resnet.Conv`) or with XLA's own convolution and transpose.
+def conv_form() -> str:
+    """How rsjax computes convolutions (and the transposes and fusion barriers around them):
+    ``"gemm"``, its forms for XLA:CPU (:func:`conv_same_multi`, :func:`transpose_by_gemm`,
+    :func:`materialize`, :class:`rsjax.models.resnet.Conv`); ``"xla"``, XLA's own convolution and
+    transpose; ``"polyphase"``, XLA's with each dilated convolution rewritten as an undilated one
+    (:func:`polyphase_conv_cnhw`).
 
     Read when a function is traced, from the environment variable ``RSJAX_CONV``: ``auto``
-    (default: the GEMM forms on the CPU backend, for which they were written and measured; XLA's
-    on GPU and TPU, which lower them to cuDNN and the like), ``gemm`` or ``xla``. Both compute the
-    same function (tests). On an H100 the XLA forms were measured (``benchmarks/README.md``), the
-    GEMM forms not."""
+    (default: the GEMM forms on the CPU backend, for which they were written and measured,
+    ``AUTO_FORM_OFF_CPU`` on GPU and TPU, which lower XLA's convolutions to cuDNN and the like),
+    ``gemm``, ``xla`` or ``polyphase``. All compute the same function (tests); the GPU figures
+    behind the default are in ``benchmarks/README.md``."""
     choice = os.environ.get("RSJAX_CONV", "auto").strip().lower() or "auto"
     if choice not in CONV_CHOICES:
         raise ValueError(f"RSJAX_CONV={choice!r} is not one of {', '.join(CONV_CHOICES)}; "
-                         "unset it (auto: the GEMM forms on CPU, XLA's convolutions elsewhere)")
-    return jax.default_backend() == "cpu" if choice == "auto" else choice == "gemm"
+                         f"unset it (auto: the GEMM forms on CPU, {AUTO_FORM_OFF_CPU!r} elsewhere)")
+    if choice == "auto":
+        return "gemm" if jax.default_backend() == "cpu" else AUTO_FORM_OFF_CPU
+    return choice
+
+
+def gemm_forms() -> bool:
+    """Whether :func:`conv_form` is ``"gemm"``: rsjax's forms for XLA:CPU."""
+    return conv_form() == "gemm"
 
 
 def transpose_by_gemm(a: jax.Array) -> jax.Array:
@@ -177,9 +189,30 @@ def conv_same_multi(x: jax.Array, kernels: tuple, dilations: tuple, band_rows: i
 
 
 def _xla_conv_cnhw(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
-    """``lax.conv_general_dilated`` with 'SAME' padding on a CNHW input (the reference)."""
+    """``lax.conv_general_dilated`` with 'SAME' padding on a CNHW input (the reference), or
+    :func:`polyphase_conv_cnhw` for a dilated one where :func:`conv_form` is ``"polyphase"``."""
+    if dilation > 1 and conv_form() == "polyphase":
+        return polyphase_conv_cnhw(x, kernel, dilation)
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", rhs_dilation=(dilation, dilation),
                                     dimension_numbers=("CNHW", "HWIO", "CNHW"))
+
+
+def polyphase_conv_cnhw(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+    """'SAME' stride-1 convolution of a CNHW ``x`` with an HWIO ``kernel`` dilated by ``d =
+    dilation``, as an undilated convolution of the ``d * d`` polyphase sub-images stacked along the
+    batch (TensorFlow's ``atrous_conv2d`` does this with ``space_to_batch``): output pixel
+    ``(d q + a, d r + b)`` reads only input pixels of phase ``(a, b)``, at ``(q + i - c, r + j - c)``
+    on that phase's grid. H and W are zero-padded to multiples of ``d`` (where 'SAME' reads zeros
+    anyway). Equal to the dilated convolution in value and gradients (tests); XLA:GPU's dilated
+    convolutions are several times slower than undilated ones of the same FLOPs."""
+    d = dilation
+    c, n, h, w = x.shape
+    hp, wp = -(-h // d), -(-w // d)
+    x = _pad_hw(x, 0, hp * d - h, 0, wp * d - w)
+    x = x.reshape(c, n, hp, d, wp, d).transpose(0, 3, 5, 1, 2, 4).reshape(c, d * d * n, hp, wp)
+    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("CNHW", "HWIO", "CNHW"))
+    y = y.reshape(-1, d, d, n, hp, wp).transpose(0, 3, 4, 1, 5, 2).reshape(-1, n, hp * d, wp * d)
+    return y[:, :, :h, :w]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
