@@ -29,11 +29,11 @@ for p in ${*:-ms2anet probe snca64 snca128}; do
   case $p in
     ms2anet) part ms2anet 240 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16 ;;
     ms2anet-xla|ms2anet-polyphase)
-             RSJAX_CONV=${p#ms2anet-} part "$p" 180 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16 ;;
+             RSJAX_CONV=${p#ms2anet-} part "$p" 150 python3 -m benchmarks.ms2anet_step --json --dtypes float32 bfloat16 ;;
     probe)   part conv_probe 90 python3 -m benchmarks.conv_probe --json ;;
     snca64)  part snca64 420 python3 -m benchmarks.snca_step --json --sizes 64 --dtypes float32 bfloat16 ;;
     snca128) part snca128 420 python3 -m benchmarks.snca_step --json --sizes 128 --dtypes float32 bfloat16 --no-scaling ;;
-    snca128mu) part snca128mu 240 python3 -m benchmarks.snca_step --json --sizes 128 --methods snca-ce-mu --dtypes bfloat16 --no-scaling ;;
+    snca128mu) part snca128mu 200 python3 -m benchmarks.snca_step --json --sizes 128 --methods snca-ce-mu --dtypes bfloat16 --no-scaling ;;
     *) echo "unknown part $p: use ms2anet, ms2anet-xla, ms2anet-polyphase, probe, snca64, snca128, snca128mu" >&2; exit 2 ;;
   esac
 done
