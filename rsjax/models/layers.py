@@ -32,7 +32,7 @@ from jax import lax
 
 
 CONV_CHOICES = ("auto", "gemm", "xla", "polyphase")
-AUTO_FORM_OFF_CPU = "xla"
+AUTO_FORM_OFF_CPU = "polyphase"
 
 
 def conv_form() -> str:
@@ -169,7 +169,8 @@ def _bands(x: jax.Array, kernels, dilations, band_rows: int | None):
 
 def conv_same_multi(x: jax.Array, kernels: tuple, dilations: tuple, band_rows: int | None = None) -> tuple:
     """Stride-1 'same' convolutions (odd square HWIO kernels, no bias) of one channels-first input
-    ``x`` (Cin, N, H, W), all from one GEMM (:func:`gemm_forms`; else one XLA convolution each);
+    ``x`` (Cin, N, H, W), all from one GEMM (:func:`gemm_forms`; else one XLA convolution each, in
+    the :func:`conv_form` chosen);
     returns a tuple of (Cout_i, N, H, W).
 
     A ``lax.scan`` over bands of ``band_rows`` image rows (default: about ``BAND_BYTES`` of Z per
