@@ -50,6 +50,9 @@ def test_default_is_gemm_forms_on_cpu(monkeypatch):
     assert gemm_forms()
     monkeypatch.setenv("RSJAX_CONV", "polyphase")
     assert not gemm_forms() and conv_form() == "polyphase"
+    monkeypatch.delenv("RSJAX_CONV")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert conv_form() == "polyphase"          # what auto means off the CPU (measured on an H200)
 
 
 def test_unknown_rsjax_conv_is_a_clear_error(monkeypatch):

@@ -9,9 +9,9 @@ Inside, the network runs channels first (``CNHW``: channels, batch, height, widt
 convolutions that read the scene (the three dilated 5 x 5 ones of the spatial stream and the
 3 x 3 one of the spectral stream) are one banded GEMM (:func:`~rsjax.models.layers.conv_same_multi`),
 and BatchNorm reduces contiguous planes (on a GPU or TPU these convolutions are XLA's own, the
-dilated ones computed over polyphase sub-images: :func:`~rsjax.models.layers.conv_form`). The streams take and return CNHW arrays; :class:`MS2ANet`
-takes NHWC (or a :class:`PreparedScene`) and returns NHWC, plus the CNHW tensors the loss needs
-under ``out["cnhw"]``.
+dilated ones computed over polyphase sub-images: :func:`~rsjax.models.layers.conv_form`). The
+streams take and return CNHW arrays; :class:`MS2ANet` takes NHWC (or a :class:`PreparedScene`)
+and returns NHWC, plus the CNHW tensors the loss needs under ``out["cnhw"]``.
 
 What depends on the scene only (its CNHW copy, its softmax over bands, its band mean) is a
 :class:`PreparedScene`: :func:`rsjax.train.hsi.train_chunk` computes it once per chunk instead
