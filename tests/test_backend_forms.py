@@ -37,8 +37,13 @@ def _walk(jaxpr):
         yield from _walk(sub)
 
 
+def _eqns(fn, *args) -> list:
+    """Every equation of ``fn``'s jaxpr at ``args``, nested jaxprs included."""
+    return list(_walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
 def _primitives(fn, *args) -> set:
-    return {eqn.primitive.name for eqn in _walk(jax.make_jaxpr(fn)(*args).jaxpr)}
+    return {eqn.primitive.name for eqn in _eqns(fn, *args)}
 
 
 def test_default_is_gemm_forms_on_cpu(monkeypatch):
@@ -70,9 +75,8 @@ def test_ms2anet_conv_forms_agree(monkeypatch, h, w):
     for form in ("gemm", "xla", "polyphase"):
         monkeypatch.setenv("RSJAX_CONV", form)
         results[form] = _ms2anet_loss_and_grads(model, variables, x)
-        eqns = list(_walk(jax.make_jaxpr(lambda p: model.apply(
-            {"params": p, "batch_stats": variables["batch_stats"]}, x, train=False)["code"])(variables["params"]).jaxpr))
-        convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+        code = lambda p: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=False)["code"]
+        convs = [e for e in _eqns(code, variables["params"]) if e.primitive.name == "conv_general_dilated"]
         assert bool(convs) == (form != "gemm"), form
         dilated[form] = sum(max(e.params["rhs_dilation"]) > 1 for e in convs)
     assert dilated["xla"] == 2 and dilated["polyphase"] == 0       # dilations (1, 2, 4): two are dilated
@@ -127,7 +131,7 @@ def test_compute_dtype_names():
 
 def _dtypes_of(fn, *args, prim: str) -> set:
     """Input dtypes of every ``prim`` equation in the jaxpr of ``fn`` (nested jaxprs included)."""
-    return {str(v.aval.dtype) for eqn in _walk(jax.make_jaxpr(fn)(*args).jaxpr) if eqn.primitive.name == prim
+    return {str(v.aval.dtype) for eqn in _eqns(fn, *args) if eqn.primitive.name == prim
             for v in eqn.invars}
 
 
