@@ -3,7 +3,8 @@
 # (mixed precision). JSON and logs go to $OUT; every part has its own time limit, and each
 # benchmark logs a "record {json}" line per step or shape, so a part cut short keeps what it measured.
 #   OUT=/tmp/gpu bash benchmarks/gpu_run.sh [PART ...]     PART: ms2anet snca64 snca128 probe (default all),
-#   or: ms2anet-xla ms2anet-polyphase (one RSJAX_CONV form each), snca128mu (SNCA-CE(MU) 128 px bfloat16)
+#   or: ms2anet-xla ms2anet-polyphase (one RSJAX_CONV form each), snca128mu (SNCA-CE(MU) 128 px bfloat16),
+#   tests (the whole test suite on the GPU, 8 pytest-xdist workers; pytest.log and pytest.xml in $OUT)
 # Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
 # parts need about 15 minutes; run them as two calls where one command may take at most 10
 # (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
@@ -33,8 +34,11 @@ for p in ${*:-ms2anet probe snca64 snca128}; do
     probe)   part conv_probe 90 python3 -m benchmarks.conv_probe --json ;;
     snca64)  part snca64 420 python3 -m benchmarks.snca_step --json --sizes 64 --dtypes float32 bfloat16 ;;
     snca128) part snca128 420 python3 -m benchmarks.snca_step --json --sizes 128 --dtypes float32 bfloat16 --no-scaling ;;
+    tests)   echo "== tests (limit 450 s, at $(( $(date +%s) - start )) s)"
+             timeout 450 python3 -m pytest -q -n 8 --durations=20 --junitxml="$OUT/pytest.xml" tests > "$OUT/pytest.log" 2>&1
+             echo "   exit $?"; tail -n 40 "$OUT/pytest.log" ;;
     snca128mu) part snca128mu 200 python3 -m benchmarks.snca_step --json --sizes 128 --methods snca-ce-mu --dtypes bfloat16 --no-scaling ;;
-    *) echo "unknown part $p: use ms2anet, ms2anet-xla, ms2anet-polyphase, probe, snca64, snca128, snca128mu" >&2; exit 2 ;;
+    *) echo "unknown part $p: use ms2anet, ms2anet-xla, ms2anet-polyphase, probe, snca64, snca128, snca128mu, tests" >&2; exit 2 ;;
   esac
 done
 echo "== done in $(( $(date +%s) - start )) s"

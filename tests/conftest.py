@@ -1,5 +1,5 @@
 """Shared test settings: a deterministic hypothesis profile, float32 products at full precision
-on accelerators, and the ../shared/data fixture."""
+on accelerators, the XLA:CPU fixture and the ../shared/data fixture."""
 import os
 
 import jax
@@ -16,6 +16,14 @@ settings.load_profile("rsjax")
 # default is float32 already, and the CI runs there.
 if jax.default_backend() != "cpu":
     jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def xla_cpu():
+    """rsjax's XLA:CPU forms, compiled for the CPU on any machine (``tests/cpu_forms.py``)."""
+    from cpu_forms import xla_cpu_forms
+    with xla_cpu_forms():
+        yield
 
 
 @pytest.fixture

@@ -86,15 +86,16 @@ def test_reference_torch_training_is_seeded():
 
 
 def test_bench_shape_bfloat16_and_the_precision_modes():
-    """The GPU run's pieces on CPU: mixed precision in both frameworks (first losses within
-    bfloat16 rounding), and an unknown precision mode named in the error."""
+    """The GPU run's pieces, on whatever device this machine has (PyTorch on the one JAX uses):
+    mixed precision in both frameworks (first losses within bfloat16 rounding), and an unknown
+    precision mode named in the error."""
     pytest.importorskip("torch")
-    from benchmarks.common import precision
+    from benchmarks.common import precision, torch_device
     from benchmarks.ms2anet_step import bench_shape
     cube = np.random.default_rng(1).random((10, 13, 8), dtype=np.float32)
     with precision("bfloat16"):
         r = bench_shape("tiny", cube, reps=1, chunk=2, log=lambda *a, **k: None, dtype="bfloat16")
-    assert r["dtype"] == "bfloat16" and r["device"] == "cpu"
+    assert r["dtype"] == "bfloat16" and r["device"] == torch_device().type
     np.testing.assert_allclose(r["loss_rsjax"], r["loss_torch"], rtol=3e-2)
     with pytest.raises(ValueError, match="fp16"):
         with precision("fp16"):

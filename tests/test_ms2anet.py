@@ -100,7 +100,7 @@ def test_weigh_bands_equals_autodiff(n, d, d3, p, seed):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_weigh_bands_gradient_has_the_scene_on_the_left():
+def test_weigh_bands_gradient_has_the_scene_on_the_left(xla_cpu):
     """The SA gradient is one (D x d3) product, not autodiff's (d3 x D) one transposed (slow on
     XLA:CPU when the left operand has only d3 rows)."""
     sa, x = jnp.ones((1, 40, 3)), jnp.ones((1, 40, 5000))

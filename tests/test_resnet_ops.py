@@ -56,7 +56,7 @@ def test_kernel_gradient_over_split_rows_equals_lax():
     np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-2)
 
 
-def test_kernel_gradient_reads_the_output_gradient_as_it_lies():
+def test_kernel_gradient_reads_the_output_gradient_as_it_lies(xla_cpu):
     """The kernel gradient is one product contracting the rows of g and of the patches (Eigen's
     path on CPU), with no transposed copy of g (XLA:CPU's strided copies are slow; the 4-D
     contraction over (B, Ho, Wo) was canonicalised into exactly that copy)."""
@@ -72,7 +72,7 @@ def test_kernel_gradient_reads_the_output_gradient_as_it_lies():
 
 
 @pytest.mark.parametrize("rows_per_image, kernel_major", [(64, False), (1, True)])
-def test_kernel_gradient_in_either_orientation_equals_lax(rows_per_image, kernel_major):
+def test_kernel_gradient_in_either_orientation_equals_lax(rows_per_image, kernel_major, xla_cpu):
     """Few rows and a large kernel (layer4 at 64 px) give the (K, Cout) product, the kernel's own
     layout; many rows the (Cout, K) one, transposed afterwards. Both equal XLA's gradient."""
     side = int(rows_per_image ** 0.5)
@@ -111,7 +111,7 @@ def test_max_pool_equals_xla_including_ties(h, w, seed, relu, window):
     np.testing.assert_array_equal(g_fast, g_ref)
 
 
-def test_max_pool_gradient_materialises_argmax_and_incoming_gradient():
+def test_max_pool_gradient_materialises_argmax_and_incoming_gradient(xla_cpu):
     """Two fusion barriers (while loops) in the compiled gradient, so that XLA:CPU does not
     recompute the argmax and the incoming gradient for every plane of the interleave."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))

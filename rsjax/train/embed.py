@@ -190,9 +190,12 @@ def make_loss_fn(cfg, model: ResNet) -> Callable:
 
 
 def _ordered_after(scalar: jax.Array, tree):
-    """``tree`` plus an exact zero computed from ``scalar`` (0 for any value of it, NaN included):
-    the same values, which XLA can only compute once ``scalar`` is (see :func:`make_step`)."""
-    zero = (scalar == scalar).astype(jnp.float32) * 0.0
+    """``tree`` plus an exact zero computed from ``scalar`` (0 for any value of it, NaN and
+    infinities included): the same values, which XLA can only compute once ``scalar`` is (see
+    :func:`make_step`). The zero is ``scalar * 0`` (``scalar`` made finite first), which XLA
+    cannot fold for a float; XLA:GPU folded the earlier ``float(scalar == scalar) * 0``."""
+    s = scalar.astype(jnp.float32)
+    zero = jnp.where(jnp.isfinite(s), s, 0.0) * 0.0
     return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
 
 
@@ -209,10 +212,10 @@ def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
     The donated bank, parameters and momentum-encoder parameters are updated in place. What is
     written is made to depend on a value computed after the last read of the old buffer
     (:func:`_ordered_after`): the bank rows and the gradients on the gradient norm, the
-    momentum encoder's old parameters on its output. Without that, XLA:CPU's copy insertion
-    cannot prove the writes run after the reads and copies the buffers every step: the whole
-    bank twice, and the 45 MB of ResNet18 parameters (twice that for MU) (``tests/test_embed_step.py``
-    counts the copies).
+    momentum encoder's old parameters on its output. Without that, XLA's copy insertion
+    cannot prove the writes run after the reads and copies the buffers every step: on CPU the
+    whole bank twice and the 45 MB of ResNet18 parameters (twice that for MU), on an H200 the bank
+    twice in the tests' small step (``tests/test_embed_step.py`` counts the copies).
     """
     spec = method_spec(cfg.method)
     loss_fn = make_loss_fn(cfg, model)
