@@ -4,7 +4,9 @@
 # benchmark logs a "record {json}" line per step or shape, so a part cut short keeps what it measured.
 #   OUT=/tmp/gpu bash benchmarks/gpu_run.sh [PART ...]     PART: ms2anet snca64 snca128 probe (default all),
 #   or: ms2anet-xla ms2anet-polyphase (one RSJAX_CONV form each), snca128mu (SNCA-CE(MU) 128 px bfloat16),
-#   tests (the whole test suite on the GPU, 8 pytest-xdist workers; pytest.log and pytest.xml in $OUT)
+#   tests (the whole test suite on the GPU, 8 pytest-xdist workers; pytest.log and pytest.xml in $OUT),
+#   snca-table (experiments.table_snca on UC Merced at 128 px with the paper's 100-epoch schedule, one seed,
+#   the methods in order until 430 s have passed; needs RSJAX_DATA; runs, less checkpoints, in $OUT/snca_table)
 # Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
 # parts need about 15 minutes; run them as two calls where one command may take at most 10
 # (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
@@ -37,8 +39,16 @@ for p in ${*:-ms2anet probe snca64 snca128}; do
     tests)   echo "== tests (limit 450 s, at $(( $(date +%s) - start )) s)"
              timeout 450 python3 -m pytest -q -n 8 --durations=20 --junitxml="$OUT/pytest.xml" tests > "$OUT/pytest.log" 2>&1
              echo "   exit $?"; tail -n 40 "$OUT/pytest.log" ;;
+    snca-table)
+             echo "== snca-table (limit 430 s, at $(( $(date +%s) - start )) s)"
+             args=(--methods snca-ce-mu,snca-ce-mb,ce,snca-mb,triplet --seeds 1 --epochs 100 --image-size 128
+                   --batch-size 64 --out /tmp/snca_table)
+             timeout 430 python3 -m experiments.table_snca "${args[@]}" > "$OUT/snca_table.log" 2>&1
+             echo "   exit $?"; python3 -m experiments.table_snca "${args[@]}" --report-only >> "$OUT/snca_table.log" 2>&1
+             mkdir -p "$OUT/snca_table"; tar -C /tmp/snca_table --exclude=checkpoints -cf - . | tar -C "$OUT/snca_table" -xf -
+             tail -n 12 "$OUT/snca_table.log" ;;
     snca128mu) part snca128mu 200 python3 -m benchmarks.snca_step --json --sizes 128 --methods snca-ce-mu --dtypes bfloat16 --no-scaling ;;
-    *) echo "unknown part $p: use ms2anet, ms2anet-xla, ms2anet-polyphase, probe, snca64, snca128, snca128mu, tests" >&2; exit 2 ;;
+    *) echo "unknown part $p: use ms2anet, ms2anet-xla, ms2anet-polyphase, probe, snca64, snca128, snca128mu, tests, snca-table" >&2; exit 2 ;;
   esac
 done
 echo "== done in $(( $(date +%s) - start )) s"

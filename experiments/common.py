@@ -15,8 +15,12 @@ from rsjax.cluster import run
 
 
 def machine() -> str:
-    """What the tables say of the machine that made them: CPU model, core count, host name."""
-    return f"{cpu_model()}, {os.cpu_count()} cores (host {platform.node()})"
+    """What the tables say of the machine that made them: CPU model, core count, host name, and
+    the accelerator JAX computes on when it is not the CPU."""
+    import jax
+    dev = jax.devices()[0]
+    accel = "" if dev.platform == "cpu" else f", {jax.device_count()} x {dev.device_kind} ({dev.platform})"
+    return f"{cpu_model()}, {os.cpu_count()} cores (host {platform.node()}){accel}"
 
 
 def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:

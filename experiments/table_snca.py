@@ -26,6 +26,7 @@ from rsjax import configs
 from rsjax.data.paths import DataError
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
+from rsjax.train.checkpoint import write_json_atomic
 from rsjax.train.embed import check_resumable
 
 METHODS = ("snca-ce-mb", "snca-ce-mu", "snca-mb", "ce", "triplet")
@@ -70,6 +71,8 @@ def main(argv=None):
                 continue
             else:
                 results = train_run(cfg, workdir, progress=False)
+                results["machine"] = machine()          # the table may be made later, elsewhere
+                write_json_atomic(done, results)
                 print(f"{method:<11} seed {seed}: kNN@10 {results['knn_oa@10']:.2f}  NMI {results['kmeans_nmi']:.2f}  "
                       f"mAP {results['map']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
             history = json.loads((workdir / "history.json").read_text())
@@ -85,11 +88,16 @@ def main(argv=None):
     print((out / "table.md").read_text())
 
 
+def trained_on(rows: dict) -> str:
+    """The machines that trained the table's runs (recorded in each run's results.json)."""
+    return "; ".join(sorted({r.get("machine", "not recorded") for runs in rows.values() for r in runs}))
+
+
 def format_markdown(rows: dict, args) -> str:
     head = ["method", "seeds", *COLUMNS, "train time / run (min)"]
     lines = [f"Dataset `{args.dataset}` (70/10/20 stratified split per seed), ResNet18 from scratch at "
              f"{args.image_size} x {args.image_size}, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}; "
-             f"machine: {machine()}, command: `{args.command}`. Mean +/- std over seeds, in %.", "",
+             f"machine: {trained_on(rows)}, command: `{args.command}`. Mean +/- std over seeds, in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in rows.items():
         cells = []

@@ -1,5 +1,6 @@
 """experiments/table_clustering.py: the statistics its notes print; experiments/common.py: the command
-line the tables record."""
+line the tables record; experiments/table_snca.py: a tiny table, which names the machine that trained
+its runs, not the one that made the table."""
 import numpy as np
 from scipy import stats
 
@@ -40,3 +41,36 @@ def test_command_line_reproduces_the_arguments():
         assert ap.parse_args(shlex.split(command)[3:]) == args
         assert ("--scenes" in command) == (args.scenes != "a,b") and "--seeds" in command
     assert command_line("m", ap, ap.parse_args([])) == "python -m m"
+
+
+def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatch):
+    """One tiny run (a one-block ResNet, 16 px, one epoch) trained under a machine called "trainer";
+    the table made again elsewhere with --report-only still names the trainer."""
+    import json
+
+    from experiments import table_snca
+    from rsjax import configs
+    from tests.tiny_embed import B, SIZE
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10).astype(np.int32)
+    np.savez(tmp_path / "tiny.npz", images=rng.integers(0, 256, (40, SIZE, SIZE, 3), dtype=np.uint8),
+             labels=labels, class_names=np.array(["a", "b", "c", "d"]))
+    get = configs.get
+
+    def tiny(method):
+        cfg = get(method)
+        cfg.stage_sizes, cfg.num_filters, cfg.dim, cfg.eval_batch_size = (1,), 4, 8, 16
+        return cfg
+
+    monkeypatch.setattr(configs, "get", tiny)
+    monkeypatch.setattr(table_snca, "keep_freed_memory", lambda: None)   # glibc's settings are process-wide
+    argv = ["--dataset", str(tmp_path / "tiny.npz"), "--methods", "ce", "--seeds", "1", "--epochs", "1",
+            "--image-size", str(SIZE), "--batch-size", str(B), "--out", str(tmp_path / "t")]
+    monkeypatch.setattr(table_snca, "machine", lambda: "trainer")
+    table_snca.main(argv)
+    assert json.loads((tmp_path / "t/runs/ce_s0/results.json").read_text())["machine"] == "trainer"
+    monkeypatch.setattr(table_snca, "machine", lambda: "reporter")
+    table_snca.main(argv + ["--report-only"])
+    table = (tmp_path / "t/table.md").read_text()
+    assert "machine: trainer," in table and "reporter" not in table and "| ce | 1 |" in table
