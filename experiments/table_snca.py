@@ -90,7 +90,7 @@ def main(argv=None):
 
 def trained_on(rows: dict) -> str:
     """The machines that trained the table's runs (recorded in each run's results.json)."""
-    return "; ".join(sorted({r.get("machine", "not recorded") for runs in rows.values() for r in runs}))
+    return "; ".join(sorted({r.get("machine", "not recorded") for runs in rows.values() for r in runs})) or "no runs"
 
 
 def format_markdown(rows: dict, args) -> str:
