@@ -47,23 +47,16 @@ def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatc
     """One tiny run (a one-block ResNet, 16 px, one epoch) trained under a machine called "trainer";
     the table made again elsewhere with --report-only still names the trainer."""
     import json
+    from types import SimpleNamespace
 
     from experiments import table_snca
-    from rsjax import configs
-    from tests.tiny_embed import B, SIZE
+    from tests.tiny_embed import B, SIZE, tiny_cfg
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 10).astype(np.int32)
     np.savez(tmp_path / "tiny.npz", images=rng.integers(0, 256, (40, SIZE, SIZE, 3), dtype=np.uint8),
              labels=labels, class_names=np.array(["a", "b", "c", "d"]))
-    get = configs.get
-
-    def tiny(method):
-        cfg = get(method)
-        cfg.stage_sizes, cfg.num_filters, cfg.dim, cfg.eval_batch_size = (1,), 4, 8, 16
-        return cfg
-
-    monkeypatch.setattr(configs, "get", tiny)
+    monkeypatch.setattr(table_snca, "configs", SimpleNamespace(get=tiny_cfg))
     monkeypatch.setattr(table_snca, "keep_freed_memory", lambda: None)   # glibc's settings are process-wide
     argv = ["--dataset", str(tmp_path / "tiny.npz"), "--methods", "ce", "--seeds", "1", "--epochs", "1",
             "--image-size", str(SIZE), "--batch-size", str(B), "--out", str(tmp_path / "t")]
