@@ -97,13 +97,13 @@ def format_markdown(rows: dict, args) -> str:
     head = ["method", "seeds", *COLUMNS, "train time / run (min)"]
     lines = [f"Dataset `{args.dataset}` (70/10/20 stratified split per seed), ResNet18 from scratch at "
              f"{args.image_size} x {args.image_size}, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}; "
-             f"machine: {trained_on(rows)}, command: `{args.command}`. Mean +/- std over seeds, in %.", "",
+             f"machine: {trained_on(rows)}, command: `{args.command}`. Mean +/- std over seeds (one seed: its value), in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in rows.items():
         cells = []
         for c in COLUMNS:
             v = np.array([r[c] for r in runs])
-            cells.append(f"{v.mean():.2f} +/- {v.std():.2f}")
+            cells.append(f"{v.mean():.2f} +/- {v.std():.2f}" if len(v) > 1 else f"{v[0]:.2f}")  # no spread from one seed
         t = np.mean([r["train_time"] for r in runs]) / 60
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + f" | {t:.1f} |")
     return "\n".join(lines) + "\n"

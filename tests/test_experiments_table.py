@@ -67,3 +67,19 @@ def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatc
     table_snca.main(argv + ["--report-only"])
     table = (tmp_path / "t/table.md").read_text()
     assert "machine: trainer," in table and "reporter" not in table and "| ce | 1 |" in table
+
+
+def test_table_snca_gives_a_spread_only_where_there_are_two_seeds_or_more():
+    from types import SimpleNamespace
+
+    from experiments.table_snca import COLUMNS, format_markdown
+
+    def run(v):
+        return {**{c: v for c in COLUMNS}, "train_time": 60.0, "machine": "m"}
+
+    args = SimpleNamespace(dataset="d", image_size=16, batch_size=4, epochs=1, lr=0.01, command="c")
+    lines = format_markdown({"two": [run(70.0), run(74.0)], "one": [run(55.5)]}, args).splitlines()
+    two = next(l for l in lines if l.startswith("| two |"))
+    one = next(l for l in lines if l.startswith("| one |"))
+    assert "| 2 | 72.00 +/- 2.00 |" in two                  # population std of (70, 74)
+    assert "+/-" not in one and "| 1 | 55.50 |" in one
