@@ -6,9 +6,10 @@
 #   or: ms2anet-xla ms2anet-polyphase (one RSJAX_CONV form each), snca128mu (SNCA-CE(MU) 128 px bfloat16),
 #   tests (the whole test suite on the GPU, 8 pytest-xdist workers; pytest.log and pytest.xml in $OUT),
 #   snca-table (experiments.table_snca on UC Merced at 128 px with the paper's 100-epoch schedule, one seed,
-#   the methods in order until 430 s have passed; needs RSJAX_DATA; table and runs, less checkpoints, in $OUT/snca_table.tgz;
-#   SNCA_FROM=DIR starts from the finished runs of an earlier table, SNCA_SEEDS, SNCA_METHODS and SNCA_LIMIT
-#   set the seeds per method, the training order and the time limit; the table lists all five methods)
+#   the methods in order until 430 s have passed; needs RSJAX_DATA; the table and runs, less checkpoints,
+#   in $OUT/snca_table.tgz; SNCA_FROM=DIR starts from the finished runs of an earlier table; SNCA_SEEDS,
+#   SNCA_METHODS and SNCA_LIMIT set the seeds per method, the training order and the time limit; the
+#   table lists all five methods)
 # Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
 # parts need about 15 minutes; run them as two calls where one command may take at most 10
 # (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
