@@ -96,7 +96,8 @@ def evaluate_run(workdir: str | Path, queries: str | None = None, out_dir: str |
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        from rsjax.train.checkpoint import write_json_atomic
+        write_json_atomic(out / "results.json", results)   # experiments take the file as a finished run's mark
         if plots:
             _figures(out, cfg, workdir, q_emb, q_labels, results, data.class_names)
     return results
