@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmarks.common import cpu_model
 from rsjax.cluster import run
+from rsjax.train.checkpoint import write_json_atomic
 
 
 def machine() -> str:
@@ -35,8 +36,7 @@ def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
     summary["machine"] = machine()
     summary["wall_s"] = time.time() - t0
     summary.update(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(path, summary)
     return summary, True
 
 

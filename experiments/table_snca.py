@@ -26,7 +26,6 @@ from rsjax import configs
 from rsjax.data.paths import DataError
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
-from rsjax.train.checkpoint import write_json_atomic
 from rsjax.train.embed import check_resumable
 
 METHODS = ("snca-ce-mb", "snca-ce-mu", "snca-mb", "ce", "triplet")
@@ -70,9 +69,8 @@ def main(argv=None):
             elif args.report_only:
                 continue
             else:
-                results = train_run(cfg, workdir, progress=False)
-                results["machine"] = machine()          # the table may be made later, elsewhere
-                write_json_atomic(done, results)
+                results = train_run(cfg, workdir, progress=False,
+                                    extra={"machine": machine()})   # the table may be made later, elsewhere
                 print(f"{method:<11} seed {seed}: kNN@10 {results['knn_oa@10']:.2f}  NMI {results['kmeans_nmi']:.2f}  "
                       f"mAP {results['map']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
             history = json.loads((workdir / "history.json").read_text())

@@ -33,9 +33,10 @@ def _preprocess(cfg):
     return functools.partial(preprocess, size=int(cfg.image_size))
 
 
-def train_run(cfg, workdir: str | Path, progress: bool = True) -> dict:
+def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | None = None) -> dict:
     """Train ``cfg.method`` on the train split (resuming from ``workdir`` if it holds a run), then
-    evaluate on the test split; returns the results (also written to ``workdir/results.json``)."""
+    evaluate on the test split; returns the results, with ``extra`` added (for example the
+    machine), also written to ``workdir/results.json``."""
     from rsjax.data.augment import augment
     from rsjax.train.embed import build_model, knn_val_fn, train
     data, split = load_split(cfg)
@@ -47,7 +48,7 @@ def train_run(cfg, workdir: str | Path, progress: bool = True) -> dict:
                         train_images=data.images[split["train"]])
     train(cfg, data.subset(split["train"]), workdir=workdir, val_fn=val_fn, progress=progress,
           augment=functools.partial(augment, size=int(cfg.image_size)))
-    return evaluate_run(workdir, out_dir=workdir)
+    return evaluate_run(workdir, out_dir=workdir, extra=extra)
 
 
 def load_run(workdir: str | Path):
@@ -71,10 +72,11 @@ def load_run(workdir: str | Path):
 
 
 def evaluate_run(workdir: str | Path, queries: str | None = None, out_dir: str | Path | None = None,
-                 plots: bool = True) -> dict:
+                 plots: bool = True, extra: dict | None = None) -> dict:
     """kNN accuracy/F1 (K = 1, 5, 10), k-means NMI/ACC and retrieval (mAP, MAP@R, P@1, R@K, PR
     curve) of the test split against the training archive; with ``queries`` (a dataset name or
-    path with the same classes), those images are the queries instead."""
+    path with the same classes), those images are the queries instead. ``extra`` is added to the
+    results (and to ``out_dir/results.json``)."""
     from rsjax.metrics.retrieval import evaluate_embeddings
     from rsjax.train.embed import embed
     cfg, model, variables, data, split = load_run(workdir)
@@ -93,6 +95,7 @@ def evaluate_run(workdir: str | Path, queries: str | None = None, out_dir: str |
     results = evaluate_embeddings(archive, data.labels[split["train"]], q_emb, q_labels, data.n_classes,
                                   seed=int(cfg.seed), class_names=data.class_names, threads=1)
     results["method"], results["dataset"], results["queries"] = cfg.method, cfg.dataset, queries or "test split"
+    results.update(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
