@@ -8,8 +8,8 @@
 #   snca-table (experiments.table_snca on UC Merced at 128 px with the paper's 100-epoch schedule, one seed,
 #   the methods in order until 430 s have passed; needs RSJAX_DATA; the table and runs, less checkpoints,
 #   in $OUT/snca_table.tgz; SNCA_FROM=DIR starts from the finished runs of an earlier table; SNCA_SEEDS,
-#   SNCA_METHODS and SNCA_LIMIT set the seeds per method, the training order and the time limit; the
-#   table lists all five methods)
+#   SNCA_METHODS and SNCA_LIMIT set the seeds per method, the training order (default: table_snca's) and
+#   the time limit; the table lists all five methods)
 # Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
 # parts need about 15 minutes; run them as two calls where one command may take at most 10
 # (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
@@ -43,14 +43,14 @@ for p in ${*:-ms2anet probe snca64 snca128}; do
              timeout 450 python3 -m pytest -q -n 8 --durations=20 --junitxml="$OUT/pytest.xml" tests > "$OUT/pytest.log" 2>&1
              echo "   exit $?"; tail -n 40 "$OUT/pytest.log" ;;
     snca-table)
-             all=snca-ce-mu,snca-ce-mb,ce,snca-mb,triplet limit=${SNCA_LIMIT:-430}
+             limit=${SNCA_LIMIT:-430}
              echo "== snca-table (limit $limit s, at $(( $(date +%s) - start )) s)"
              mkdir -p /tmp/snca_table; [ -n "${SNCA_FROM:-}" ] && cp -r "$SNCA_FROM/runs" /tmp/snca_table/
              args=(--seeds "${SNCA_SEEDS:-1}" --epochs 100 --image-size 128 --batch-size 64 --out /tmp/snca_table)
-             timeout "$limit" python3 -m experiments.table_snca --methods "${SNCA_METHODS:-$all}" "${args[@]}" \
+             timeout "$limit" python3 -m experiments.table_snca ${SNCA_METHODS:+--methods "$SNCA_METHODS"} "${args[@]}" \
                > "$OUT/snca_table.log" 2>&1
              echo "   exit $?"
-             python3 -m experiments.table_snca --methods "$all" "${args[@]}" --report-only >> "$OUT/snca_table.log" 2>&1
+             python3 -m experiments.table_snca "${args[@]}" --report-only >> "$OUT/snca_table.log" 2>&1
              # one archive: the device tool does not fetch folders nested as deep as runs/<run>/ (2026-11-28)
              tar -C /tmp/snca_table --exclude=checkpoints -czf "$OUT/snca_table.tgz" .
              tail -n 12 "$OUT/snca_table.log" ;;
