@@ -78,24 +78,25 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, ch
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
 
 
-def test_killed_between_sidecar_and_state_resumes_from_the_state(tmp_path, scene, chunks, monkeypatch):
-    """The sidecar is written before the state: a run killed between the two has a sidecar ahead
-    of its state, and resuming cuts the losses to the state's step."""
+def test_killed_while_saving_the_state_resumes_from_the_last_one(tmp_path, scene, chunks, monkeypatch):
+    """The sidecar is written before the state: a run killed while it writes the state has a sidecar
+    ahead of its state, the previous state stays whole, and resuming cuts the losses to its step."""
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
-    real_save, saves = ckpt_lib.save, {"n": 0}
+    real_write, saves = ckpt_lib._write, {"n": 0}
 
-    def failing_save(path, state):
+    def dies_midway(path, state):
         saves["n"] += 1
         if saves["n"] == 2:
+            (path / "part").mkdir(parents=True)
             raise Interrupt
-        return real_save(path, state)
+        return real_write(path, state)
 
-    monkeypatch.setattr(ckpt_lib, "save", failing_save)
+    monkeypatch.setattr(ckpt_lib, "_write", dies_midway)
     with pytest.raises(Interrupt):
         cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
     side = json.loads((tmp_path / "b" / "checkpoint_seed0.json").read_text())
     assert side["step"] == 4 and int(ckpt_lib.restore(tmp_path / "b" / "checkpoint_seed0")["step"]) == 2
-    monkeypatch.setattr(ckpt_lib, "save", real_save)
+    monkeypatch.setattr(ckpt_lib, "_write", real_write)
     chunks.update(n=0)
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
     assert chunks["n"] == 2

@@ -1,12 +1,15 @@
 """Orbax checkpoints of whole training-state pytrees, written atomically.
 
-Orbax writes into a temporary directory and renames it when the write is complete, so a
-run killed mid-save leaves the previous checkpoint intact.
+A checkpoint replaces an older one at the same path only once it is complete: it is written
+beside it, and the two directories are then swapped by renames. A run killed at any moment of a
+save leaves the previous checkpoint, or the new one, restorable at the path.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +19,56 @@ import orbax.checkpoint as ocp
 
 
 def save(path: str | Path, state: Any) -> Path:
-    """Write ``state`` (any pytree of arrays) to the directory ``path``, replacing an old one."""
+    """Write ``state`` (any pytree of arrays) to the directory ``path``, replacing an old one.
+
+    The new checkpoint is written to ``<path>.new`` (orbax: into a temporary directory, renamed
+    when complete); then the old one is renamed to ``<path>.old``, the new one to ``path``, and
+    the old one deleted. (Orbax's own ``force=True`` deletes the old checkpoint before it writes
+    the new one.) A kill between the two renames leaves ``<path>.old``, which :func:`settle`
+    puts back."""
     path = Path(path).resolve()
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, jax.device_get(state), force=True)
-        ckptr.wait_until_finished()
+    settle(path)
+    new, old = _beside(path, "new"), _beside(path, "old")
+    _write(new, jax.device_get(state))
+    replaced = path.exists()
+    if replaced:
+        os.replace(path, old)
+    os.replace(new, path)
+    if replaced:
+        shutil.rmtree(old)
     return path
+
+
+def _write(path: Path, state: Any) -> None:
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, state, force=True)
+        ckptr.wait_until_finished()
+
+
+def _beside(path: Path, what: str) -> Path:
+    return path.with_name(f"{path.name}.{what}")
+
+
+def settle(path: str | Path) -> bool:
+    """Whether a complete checkpoint is at ``path``, after finishing what a killed :func:`save`
+    left there: the old checkpoint is put back where the new one had not yet replaced it, and
+    leftovers (a stale ``.old``, an unfinished ``.new``, orbax's temporary directories) are deleted."""
+    path = Path(path).resolve()
+    old = _beside(path, "old")
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+    for left in [_beside(path, "new"), *path.parent.glob(f"{glob.escape(path.name)}.new.orbax-checkpoint-tmp*")]:
+        shutil.rmtree(left, ignore_errors=True)
+    return path.exists()
 
 
 def restore(path: str | Path, like: Any | None = None) -> Any:
     """Read a checkpoint; with ``like`` (a pytree of the same structure) the result has its structure."""
     path = Path(path).resolve()
-    if not path.exists():
+    if not settle(path):
         raise FileNotFoundError(f"{path}: no checkpoint there; check the path or train first.")
     with ocp.StandardCheckpointer() as ckptr:
         if like is None:

@@ -224,7 +224,7 @@ def _save_progress(checkpoint: Path, fingerprint: dict, state: HSIState, losses:
 def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSIState, list, float]:
     """The saved state, its losses and time when ``checkpoint`` holds this training; else the fresh
     ``state`` (and a checkpoint of other settings is deleted first, so it can never be resumed)."""
-    from rsjax.train.checkpoint import restore
+    from rsjax.train.checkpoint import restore, settle
     side = _sidecar(checkpoint)
     meta = None
     if side.exists():
@@ -238,7 +238,7 @@ def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSISt
             shutil.rmtree(checkpoint, ignore_errors=True)
             side.unlink()
             meta = None
-    if meta is None or not checkpoint.exists():
+    if meta is None or not settle(checkpoint):
         return state, [], 0.0
     try:
         state = restore(checkpoint, like=state)
