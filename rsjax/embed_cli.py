@@ -33,7 +33,8 @@ def add_embed_parser(sub) -> None:
     e.add_argument("checkpoint", help="the run directory (--workdir of 'embed train') or one of its checkpoints")
     e.add_argument("--queries", default=None, help="classify and retrieve these images against the run's "
                    "training archive instead of its test split")
-    e.add_argument("--out", default=None, help="where results.json and figures go (default <run>/eval)")
+    e.add_argument("--out", default=None, help="where results.json and figures go (default <run>/eval, "
+                   "or <run>/eval_epoch_XXXX for a checkpoint)")
     e.add_argument("--json", action="store_true", help="print the table as JSON")
     e.set_defaults(func=cmd_evaluate)
 
@@ -64,11 +65,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pathlib import Path
-
-    from rsjax.embedding import evaluate_run
+    from rsjax.embedding import evaluate_run, locate_run
     from rsjax.metrics.retrieval import format_table, scalar_scores
-    out = args.out or str(Path(args.checkpoint) / "eval")
+    workdir, ckpt = locate_run(args.checkpoint)
+    out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
     results = evaluate_run(args.checkpoint, queries=args.queries, out_dir=out)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     return 0

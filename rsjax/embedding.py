@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -51,35 +52,57 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     return evaluate_run(workdir, out_dir=workdir, extra=extra)
 
 
-def load_run(workdir: str | Path):
-    """(cfg, model, variables, data, split) of the newest checkpoint of a run directory."""
+def locate_run(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint) for ``path``: a run directory (its newest checkpoint) or one of
+    its ``checkpoints/epoch_XXXX`` (that one)."""
+    from rsjax.train.embed import EPOCH_CHECKPOINT, latest_checkpoint
+    path = Path(path)
+    if EPOCH_CHECKPOINT.match(path.name) and path.parent.name == "checkpoints":
+        workdir, ckpt = path.parent.parent, path
+    else:
+        workdir, latest = path, latest_checkpoint(path)
+        ckpt = latest[1] if latest else None
+    if not (workdir / "config.json").exists() or ckpt is None or not ckpt.is_dir():
+        raise DataError(f"{path}: not a training run or one of its checkpoints (no config.json or "
+                        "checkpoints/epoch_*); pass the --workdir of 'rsjax embed train' or a checkpoint in it.")
+    return workdir, ckpt
+
+
+class LoadedRun(NamedTuple):
+    cfg: ml_collections.ConfigDict
+    model: Any
+    variables: dict
+    data: SceneImages
+    split: dict[str, np.ndarray]
+    workdir: Path
+    checkpoint: Path
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """A trained run's settings, model, variables, dataset and split, from a run directory (its
+    newest checkpoint) or one of its checkpoints (:func:`locate_run`)."""
     from rsjax.train import checkpoint
-    from rsjax.train.embed import build_model, latest_checkpoint
-    workdir = Path(workdir)
-    if (workdir / "checkpoints").is_dir() is False and workdir.name.startswith("epoch_"):
-        workdir = workdir.parent.parent           # a checkpoint directory was given
-    cfg_path = workdir / "config.json"
-    latest = latest_checkpoint(workdir)
-    if not cfg_path.exists() or latest is None:
-        raise DataError(f"{workdir}: not a training run (no config.json or checkpoints/epoch_*); "
-                        "pass the --workdir of 'rsjax embed train'.")
-    cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    from rsjax.train.embed import build_model
+    workdir, ckpt = locate_run(path)
+    cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     data, split = load_split(cfg)
     model = build_model(cfg, data.n_classes)
-    state = checkpoint.restore(latest[1])
+    state = checkpoint.restore(ckpt)
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    return cfg, model, variables, data, split
+    return LoadedRun(cfg, model, variables, data, split, workdir, ckpt)
 
 
-def evaluate_run(workdir: str | Path, queries: str | None = None, out_dir: str | Path | None = None,
-                 plots: bool = True, extra: dict | None = None) -> dict:
+def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Path | None = None,
+                 extra: dict | None = None) -> dict:
     """kNN accuracy/F1 (K = 1, 5, 10), k-means NMI/ACC and retrieval (mAP, MAP@R, P@1, R@K, PR
-    curve) of the test split against the training archive; with ``queries`` (a dataset name or
-    path with the same classes), those images are the queries instead. ``extra`` is added to the
-    results (and to ``out_dir/results.json``)."""
+    curve) of the test split against the training archive, for a run directory (its newest
+    checkpoint) or one of its checkpoints; with ``queries`` (a dataset name or path with the same
+    classes), those images are the queries instead. ``extra`` is added to the results. With
+    ``out_dir``, the results go to ``out_dir/results.json``, with the figures beside them."""
     from rsjax.metrics.retrieval import evaluate_embeddings
     from rsjax.train.embed import embed
-    cfg, model, variables, data, split = load_run(workdir)
+    run = load_run(path)
+    cfg, model, variables, data, split = run.cfg, run.model, run.variables, run.data, run.split
     pre = _preprocess(cfg)
     emb = lambda images: embed(model, variables, images, batch_size=int(cfg.eval_batch_size), preprocess=pre)
     archive = emb(data.images[split["train"]])
@@ -95,14 +118,14 @@ def evaluate_run(workdir: str | Path, queries: str | None = None, out_dir: str |
     results = evaluate_embeddings(archive, data.labels[split["train"]], q_emb, q_labels, data.n_classes,
                                   seed=int(cfg.seed), class_names=data.class_names, threads=1)
     results["method"], results["dataset"], results["queries"] = cfg.method, cfg.dataset, queries or "test split"
+    results["checkpoint"] = run.checkpoint.name
     results.update(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         from rsjax.train.checkpoint import write_json_atomic
         write_json_atomic(out / "results.json", results)   # experiments take the file as a finished run's mark
-        if plots:
-            _figures(out, cfg, workdir, q_emb, q_labels, results, data.class_names)
+        _figures(out, cfg, run.workdir, q_emb, q_labels, results, data.class_names)
     return results
 
 
@@ -120,14 +143,15 @@ def _figures(out: Path, cfg, workdir, q_emb, q_labels, results, class_names) -> 
             learning_curves_figure({cfg.method: [100 * v for v in vals]}, out / "learning_curve.png")
 
 
-def retrieve(workdir: str | Path, image_path: str | Path, k: int = 5, out_png: str | Path | None = None):
+def retrieve(path: str | Path, image_path: str | Path, k: int = 5, out_png: str | Path | None = None):
     """The ``k`` training-archive images nearest to one image file: ``[(file, class, cosine)]``,
-    and a PNG of the query with its neighbours."""
+    and a PNG of the query with its neighbours; ``path``: a run directory or one of its checkpoints."""
     from PIL import Image, UnidentifiedImageError
 
     from rsjax.metrics.retrieval import nearest_neighbors
     from rsjax.train.embed import embed
-    cfg, model, variables, data, split = load_run(workdir)
+    run = load_run(path)
+    cfg, model, variables, data, split = run.cfg, run.model, run.variables, run.data, run.split
     try:
         with Image.open(image_path) as img:
             query = np.asarray(img.convert("RGB").resize(data.images.shape[1:3][::-1], Image.LANCZOS))[None]

@@ -52,6 +52,20 @@ def test_evaluate_cli_json_and_queries(trained_run, tiny_npz, capsys):
     assert json.loads(capsys.readouterr().out)["n_test"] == 40
 
 
+def test_evaluate_a_given_checkpoint(trained_run, capsys):
+    """A checkpoint path evaluates that checkpoint, not the newest, into <run>/eval_epoch_XXXX."""
+    workdir, results = trained_run
+    first = workdir / "checkpoints" / "epoch_0001"
+    assert main(["embed", "evaluate", str(first), "--json"]) == 0
+    capsys.readouterr()
+    written = json.loads((workdir / "eval_epoch_0001" / "results.json").read_text())
+    assert written["checkpoint"] == "epoch_0001" and results["checkpoint"] == "epoch_0002"
+    from rsjax.embedding import load_run
+    own, newest = load_run(first).variables["params"], load_run(workdir).variables["params"]
+    assert not np.allclose(own["fc1"]["kernel"], newest["fc1"]["kernel"])
+    assert (workdir / "eval_epoch_0001" / "tsne.png").stat().st_size > 0
+
+
 def test_retrieve_cli(trained_run, tmp_path, capsys):
     workdir, _ = trained_run
     Image.fromarray(np.full((30, 30, 3), [30, 30, 200], np.uint8)).save(tmp_path / "q.png")

@@ -351,13 +351,13 @@ def knn_val_fn(model: ResNet, val_images: np.ndarray, val_labels: np.ndarray, *,
 
 # ----------------------------------------------------------------------------- the loop
 
-_CKPT = re.compile(r"^epoch_(\d+)$")
+EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)$")
 
 
 def latest_checkpoint(workdir: str | Path) -> tuple[int, Path] | None:
     """(completed epochs, path) of the newest complete checkpoint under ``workdir/checkpoints``."""
     d = Path(workdir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in d.glob("epoch_*") if (m := _CKPT.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in d.glob("epoch_*") if (m := EPOCH_CHECKPOINT.match(p.name)) and p.is_dir()]
     return max(found) if found else None
 
 
@@ -497,6 +497,6 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
 
 def _prune_checkpoints(workdir: Path, keep: int) -> None:
     d = Path(workdir) / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in d.glob("epoch_*") if (m := _CKPT.match(p.name)))
+    found = sorted((int(m.group(1)), p) for p in d.glob("epoch_*") if (m := EPOCH_CHECKPOINT.match(p.name)))
     for _, p in found[:-max(keep, 1)]:
         shutil.rmtree(p, ignore_errors=True)
