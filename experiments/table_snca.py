@@ -64,7 +64,11 @@ def main(argv=None):
                 check_resumable(workdir, cfg)       # before a finished run is reused as it is
             except DataError as e:
                 raise SystemExit(f"{e} Here: pass the run's settings again, or another --out for these.")
-            if done.exists() and json.loads((workdir / "history.json").read_text())[-1]["epoch"] + 1 >= args.epochs:
+            trained = _epochs_trained(workdir)
+            if trained > args.epochs:
+                raise SystemExit(f"{workdir} holds a run of {trained} epochs, more than --epochs {args.epochs}: "
+                                 f"pass --epochs {trained}, or another --out for these.")
+            if done.exists() and trained == args.epochs:
                 results = json.loads(done.read_text())
             elif args.report_only:
                 continue
@@ -84,6 +88,11 @@ def main(argv=None):
     pr_curves_figure(curves, out / "pr_curves.png", title=f"{args.dataset}: test queries vs train archive (seed 0)")
     learning_curves_figure(histories, out / "learning_curves.png", title=f"{args.dataset}: validation kNN@10")
     print((out / "table.md").read_text())
+
+
+def _epochs_trained(workdir: Path) -> int:
+    history = workdir / "history.json"
+    return json.loads(history.read_text())[-1]["epoch"] + 1 if history.exists() else 0
 
 
 def trained_on(rows: dict) -> str:

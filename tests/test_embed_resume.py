@@ -91,6 +91,9 @@ def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables):
 
     again = embed.train(cfg, data, workdir=tmp_path / "b", **common)   # nothing left to do
     assert int(again["state"].step) == 2 * (N // B)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["epochs"] == 2   # as the run now is
+    with pytest.raises(ValueError, match="holds a run of 2 epochs, more than the 1 asked for"):
+        embed.train(tiny_cfg("snca-ce-mb", epochs=1, keep_checkpoints=1), data, workdir=tmp_path / "b", **common)
 
     # resuming with settings other than the run's is refused, naming them; nothing is trained
     with pytest.raises(ValueError, match=r"other settings \(lr: 0\.05 -> 0\.1; sigma: 0\.1 -> 0\.2\).*another directory"):

@@ -2,6 +2,7 @@
 line the tables record; experiments/table_snca.py: a tiny table, which names the machine that trained
 its runs, not the one that made the table."""
 import numpy as np
+import pytest
 from scipy import stats
 
 from experiments.table_clustering import welch_note
@@ -67,6 +68,8 @@ def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatc
     table_snca.main(argv + ["--report-only"])
     table = (tmp_path / "t/table.md").read_text()
     assert "machine: trainer," in table and "reporter" not in table and "| ce | 1 |" in table
+    with pytest.raises(SystemExit, match="holds a run of 1 epochs, more than --epochs 0"):
+        table_snca.main(argv + ["--epochs", "0", "--report-only"])   # not reported as a row of 0 epochs
 
 
 def test_table_snca_gives_a_spread_only_where_there_are_two_seeds_or_more():

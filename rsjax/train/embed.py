@@ -443,11 +443,14 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
     if latest is not None:
         check_resumable(workdir, cfg)
         start_epoch, path = latest
+        if start_epoch > int(cfg.epochs):
+            raise DataError(f"{workdir} holds a run of {start_epoch} epochs, more than the {cfg.epochs} asked for: "
+                            f"ask for {start_epoch} or more epochs, evaluate its checkpoint of epoch {cfg.epochs} "
+                            "if it is kept, or train into another directory.")
         state = checkpoint.restore(path, like=state)
         if history_path.exists():
             history = [h for h in json.loads(history_path.read_text()) if h["epoch"] < start_epoch]
-    else:
-        checkpoint.write_json_atomic(workdir / "config.json", json.loads(cfg.to_json()))
+    checkpoint.write_json_atomic(workdir / "config.json", json.loads(cfg.to_json()))   # epochs as now asked
     if mesh is not None:
         state = parallel.replicate(mesh, state)
     step = compile_step(make_step(cfg, model, tx), mesh)
