@@ -9,6 +9,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 from benchmarks.common import cpu_model
 from rsjax.cluster import run
@@ -24,20 +25,44 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores (host {platform.node()}){accel}"
 
 
-def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
-    """``rsjax.cluster.run`` of ``scene`` with ``cfg`` over ``seeds``, written to ``path`` (with the
-    machine, the wall time and ``extra``) or read back from it when it exists. Returns the summary
-    and whether it was computed now."""
+def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """``compute()``, written to ``path`` with the machine and the wall time, or read back from
+    ``path`` when it holds a result of the same ``settings`` (keys of the result; nested dicts
+    compared key by key, and keys a stored result lacks, made before they existed, not compared).
+    A result of other settings stops the script, naming them. Returns the result and whether it
+    was computed now."""
     path = Path(path)
     if path.exists():
-        return json.loads(path.read_text()), False
+        stored = json.loads(path.read_text())
+        if diffs := _differences(stored, settings):
+            raise SystemExit(f"{path} holds a result of other settings ({'; '.join(diffs)}): pass them again, "
+                             "use another --out, or delete the file to compute its row again.")
+        return stored, False
     t0 = time.time()
-    summary = run(scene, cfg, list(seeds), out_dir=None, progress=False)
-    summary["machine"] = machine()
-    summary["wall_s"] = time.time() - t0
-    summary.update(extra)
-    write_json_atomic(path, summary)
-    return summary, True
+    result = compute()
+    result.update(machine=machine(), wall_s=time.time() - t0)
+    write_json_atomic(path, result)
+    return result, True
+
+
+def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in wanted.items():
+        if k not in stored:
+            continue
+        if isinstance(v, dict) and isinstance(stored[k], dict):
+            out += _differences(stored[k], v, f"{prefix}{k}.")
+        elif stored[k] != v:
+            out.append(f"{prefix}{k}: {stored[k]!r} -> {v!r}")
+    return out
+
+
+def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
+    """``rsjax.cluster.run`` of ``scene`` with ``cfg`` over ``seeds``, with ``extra`` added, through
+    :func:`cached` (the settings: the seeds and every field of ``cfg``)."""
+    seeds = list(seeds)
+    settings = {"seeds": seeds, "config": json.loads(json.dumps(cfg.to_dict()))}
+    return cached(path, settings, lambda: {**run(scene, cfg, seeds, out_dir=None, progress=False), **extra})
 
 
 def oa_line(label: str, summary: dict) -> str:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from experiments.common import command_line, machine
+from experiments.common import cached, command_line
 from experiments.table_clustering import REFERENCE_OA
 from rsjax.data.hsi import load_scene, minmax_scale
 from rsjax.metrics.clustering import clustering_scores, kmeans, summarize
@@ -70,7 +69,6 @@ def run_scene(name: str, seeds: list[int], iters: int, spf_odd: str) -> dict:
         runs.append(scores)
         print(f"{name:<20} seed {seed}: OA {scores['OA']:.2f} ({scores['time']:.0f} s)", flush=True)
     return {"dataset": name, "framework": "pytorch", "spf_odd": spf_odd, "iters": iters, "seeds": seeds,
-            "machine": machine(),
             "summary": summarize(runs), "runs": runs}
 
 
@@ -88,12 +86,9 @@ def main(argv=None):
     lines = [f"PyTorch eager, the reference math (`{command}`); mean +/- std over seeds, OA per seed.", "",
              "| scene | OA | per seed | NMI | ARI | issue #2 reference (3 seeds) |", "|---|---|---|---|---|---|"]
     for name in args.scenes.split(","):
-        path = out / f"{name}.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-        else:
-            result = run_scene(name, list(range(args.seeds)), args.iters, args.spf_odd)
-            path.write_text(json.dumps(result, indent=2, default=str))
+        seeds = list(range(args.seeds))
+        result, _ = cached(out / f"{name}.json", {"seeds": seeds, "iters": args.iters, "spf_odd": args.spf_odd},
+                           lambda: run_scene(name, seeds, args.iters, args.spf_odd))
         s = result["summary"]
         per_seed = ", ".join(f"{r['OA']:.1f}" for r in result["runs"])
         ref = REFERENCE_OA.get(name)

@@ -5,7 +5,6 @@ Used by ``rsjax cluster`` and by the experiments, so both report the same number
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -68,7 +67,8 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
                "config": cfg.to_dict(), "class_names": scene.class_names,
                "summary": summarize(runs), "runs": runs}
     if out is not None:
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+        from rsjax.train.checkpoint import write_json_atomic
+        write_json_atomic(out / "metrics.json", summary, default=_jsonable)
         from rsjax.plots.hsi import class_map_figure
         class_map_figure(scene.gt, first["labels"], scene.class_names, out / "class_map.png",
                          title=f"{scene.name}: {cfg.method} (seed {seeds[0]}, OA {first['scores']['OA']:.1f}%)")

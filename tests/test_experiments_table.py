@@ -86,3 +86,23 @@ def test_table_snca_gives_a_spread_only_where_there_are_two_seeds_or_more():
     one = next(l for l in lines if l.startswith("| one |"))
     assert "| 2 | 72.00 +/- 2.00 |" in two                  # population std of (70, 74)
     assert "+/-" not in one and "| 1 | 55.50 |" in one
+
+
+def test_cached_rows_are_reused_only_for_their_settings(tmp_path):
+    """A cached row is read back for the same settings (a setting it predates is not compared), and
+    one of other settings stops the script naming the difference, rather than join the table."""
+    from experiments.common import cached
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"seeds": [0, 1], "config": {"iters": 800, "lam": 0.1}, "OA": 60.0}
+
+    row = tmp_path / "row.json"
+    first, new = cached(row, {"seeds": [0, 1], "config": {"iters": 800, "lam": 0.1}}, compute)
+    assert new and first["OA"] == 60.0 and "machine" in first and "wall_s" in first
+    again, new = cached(row, {"seeds": [0, 1], "config": {"iters": 800, "lam": 0.1, "keep": "updated"}}, compute)
+    assert not new and again == first and len(calls) == 1
+    with pytest.raises(SystemExit, match=r"other settings \(seeds: \[0, 1\] -> \[0, 1, 2\]; config.lam: 0.1 -> 0.0\)"):
+        cached(row, {"seeds": [0, 1, 2], "config": {"iters": 800, "lam": 0.0}}, compute)
+    assert len(calls) == 1

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -77,11 +77,11 @@ def restore(path: str | Path, like: Any | None = None) -> Any:
         return ckptr.restore(path, abstract)
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename: a reader sees the old
-    file or the new one, never a part."""
+def write_json_atomic(path: str | Path, obj: Any, default: Callable | None = None) -> None:
+    """Write ``obj`` as JSON (``default`` as in ``json.dumps``) to ``path`` through a temporary file
+    and a rename: a reader sees the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1, default=default))
     os.replace(tmp, path)
