@@ -16,7 +16,8 @@
 The paper tuned these on Trento, which is not available here. Every other setting is the paper's
 default (800 iterations, Adam 1e-3, k-means with random_state 0 on the code of every pixel).
 Each (scene, study, value) result is written to ``<out>/<scene>_<study>_<value>.json`` as soon as
-it finishes and reused on the next run (delete it to recompute), so an interrupted run resumes.
+it finishes and reused on the next run with the same settings (delete it to recompute), so an
+interrupted run resumes.
 Writes ``<out>/table.md`` and ``<out>/ablation.png`` (OA mean +/- std against each setting).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the experiment scripts share: one cached result file per table row, so an interrupted
-experiment resumes where it stopped (delete a file to recompute its row), and the command line
-their tables record."""
+experiment resumes where it stopped (delete a file to recompute its row; a row of other settings
+stops the script), and the command line their tables record."""
 from __future__ import annotations
 
 import argparse

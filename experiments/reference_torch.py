@@ -11,7 +11,7 @@ authors' ``MS2A_net.py`` trains it: PyTorch's default initialisation after
 the update of each lowest-loss iteration, M' of those parameters with batch statistics, then the
 same k-means and metrics as rsjax (``rsjax.metrics.clustering``). Its spread over seeds shows how
 much of a 3- or 5-seed mean is the luck of the seeds. Needs PyTorch (the ``test`` extra).
-Results go to ``<out>/<scene>.json`` (reused when present) and ``<out>/table.md``.
+Results go to ``<out>/<scene>.json`` (reused by a run with the same settings) and ``<out>/table.md``.
 """
 from __future__ import annotations
 

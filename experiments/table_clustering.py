@@ -5,7 +5,8 @@ MS2A-Net on Salinas-A, the Indian Pines subset and Samson, mean +/- std over see
     python -m experiments.table_clustering --seeds 2 --scenes salinas-a --methods kmeans,ms2anet
 
 Each (scene, method) result is written to results/clustering/<scene>_<method>.json as soon as it
-finishes, and reused on the next run (delete it to recompute), so an interrupted run resumes.
+finishes, and reused on the next run with the same settings (delete it to recompute), so an
+interrupted run resumes.
 The table goes to results/clustering/table.md.
 """
 from __future__ import annotations
