@@ -12,22 +12,50 @@ from rsjax.hostmem import keep_freed_memory
 
 
 def _seeds(text: str) -> list[int]:
-    """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds."""
+    """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds (distinct, not negative)."""
     try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(int(text)))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}")
-    if n < 1:
-        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
-    return list(range(n))
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"--seeds needs at least one seed, got {text!r}")
+    if min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds lists distinct seeds of 0 or more, got {text!r}")
+    return seeds
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    v = float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
     return v
 
 
@@ -45,9 +73,9 @@ def add_cluster_parser(sub) -> None:
     src.add_argument("--gt", help="your ground truth (H x W, 0 = unlabeled)")
     p.add_argument("--method", choices=METHODS, default="ms2anet")
     p.add_argument("--seeds", type=_seeds, default=[0], help="a count (5 -> seeds 0..4) or a list (0,3,7)")
-    p.add_argument("--iters", type=_positive_int, default=None, help="training iterations (default 800)")
-    p.add_argument("--lambda", dest="lam", type=float, default=None, help="spectral mean constraint weight (default 0.1)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--iters", type=positive_int, default=None, help="training iterations (default 800)")
+    p.add_argument("--lambda", dest="lam", type=non_negative_float, default=None, help="spectral mean constraint weight (default 0.1)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--ablation", choices=("A1", "A2", "A3"), default=None,
                    help="A1 spectral stream only, A2 spatial only, A3 both (default)")
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
@@ -98,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory(warn_if_late=False)    # called in-process after JAX started (tests): nothing to do
     try:
         return args.func(args)
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, FloatingPointError) as e:   # each message names the fix
         print(f"rsjax: error: {e}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ import json
 
 
 def add_embed_parser(sub) -> None:
+    from rsjax.cli import fraction, non_negative_float, non_negative_int, positive_float, positive_int
     from rsjax.models.layers import COMPUTE_DTYPES
     from rsjax.train.embed import METHODS
     p = sub.add_parser("embed", help="learn and evaluate scene embeddings (SNCA-CE and baselines)")
@@ -16,11 +17,14 @@ def add_embed_parser(sub) -> None:
     t.add_argument("--method", choices=METHODS, default="snca-ce-mb")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<dataset>_<method>_s<seed>); "
                    "an existing run there is resumed")
-    for name, typ, help_ in (("epochs", int, "epochs (paper 100)"), ("image-size", int, "training resolution (paper 256)"),
-                             ("batch-size", int, "batch size (paper 256)"), ("lr", float, "SGD learning rate (paper 0.01)"),
-                             ("sigma", float, "SNCA temperature (paper 0.1)"), ("lam", float, "lambda of the metric term"),
-                             ("dim", int, "embedding size D (128)"), ("m", float, "bank / EMA momentum"),
-                             ("seed", int, "seed of split, init, batches and augmentation")):
+    for name, typ, help_ in (("epochs", positive_int, "epochs (paper 100)"),
+                             ("image-size", positive_int, "training resolution (paper 256)"),
+                             ("batch-size", positive_int, "batch size (paper 256)"),
+                             ("lr", positive_float, "SGD learning rate (paper 0.01)"),
+                             ("sigma", positive_float, "SNCA temperature (paper 0.1)"),
+                             ("lam", non_negative_float, "lambda of the metric term"),
+                             ("dim", positive_int, "embedding size D (128)"), ("m", fraction, "bank / EMA momentum"),
+                             ("seed", non_negative_int, "seed of split, init, batches and augmentation")):
         t.add_argument(f"--{name}", type=typ, default=None, help=help_)
     t.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
                    help="float32 (default) or bfloat16 (mixed precision, for GPUs)")
@@ -41,7 +45,7 @@ def add_embed_parser(sub) -> None:
     r = esub.add_parser("retrieve", help="the archive images nearest to one image")
     r.add_argument("checkpoint", help="the run directory or one of its checkpoints")
     r.add_argument("image", help="a JPEG, PNG or TIFF image")
-    r.add_argument("-k", type=int, default=5, help="number of neighbours (default 5)")
+    r.add_argument("-k", type=positive_int, default=5, help="number of neighbours (default 5)")
     r.add_argument("--out", default="retrieval.png", help="PNG of the query and its neighbours")
     r.set_defaults(func=cmd_retrieve)
 

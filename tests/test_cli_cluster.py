@@ -80,8 +80,23 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
     assert "does not match" in capsys.readouterr().err
     assert main(["cluster", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["cluster", "--seeds", "0"])
-    with pytest.raises(SystemExit):
-        main(["cluster", "--dtype", "float16"])
-    assert "invalid choice: 'float16'" in capsys.readouterr().err
+    capsys.readouterr()
+    for argv, says in ((["--seeds", "0"], "at least one seed"), (["--seeds", ","], "at least one seed"),
+                       (["--seeds", "0,0"], "distinct seeds"), (["--seeds=-1,2"], "distinct seeds of 0 or more"),
+                       (["--lr", "0"], "--lr: must be a positive number"), (["--lambda", "-1"], "--lambda: must be"),
+                       (["--iters", "0"], "--iters: must be a positive integer"),
+                       (["--dtype", "float16"], "invalid choice: 'float16'")):
+        with pytest.raises(SystemExit):
+            main(["cluster", *argv])
+        assert says in capsys.readouterr().err, argv
+
+
+def test_training_that_diverges_exits_with_its_message(tmp_path, capsys, monkeypatch):
+    from rsjax.train import hsi
+
+    def diverges(*a, **kw):
+        raise FloatingPointError("non-finite loss at iteration 3; lower the learning rate (--lr)")
+
+    monkeypatch.setattr(hsi, "_train_chunk", diverges)
+    assert main(["cluster", "--iters", "2", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "rsjax: error: non-finite loss at iteration 3; lower the learning rate" in capsys.readouterr().err

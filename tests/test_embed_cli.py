@@ -88,3 +88,10 @@ def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
                  "--lr", "0.5", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "holds a run with other settings" in err and "lr: 0.01 -> 0.5" in err
+    for argv, says in ((["train", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+                       (["train", "--sigma", "0"], "--sigma: must be a positive number"),
+                       (["train", "--m", "1.5"], "--m: must lie in [0, 1]"),
+                       (["retrieve", str(workdir), "q.png", "-k", "0"], "-k: must be a positive integer")):
+        with pytest.raises(SystemExit):
+            main(["embed", *argv])
+        assert says in capsys.readouterr().err, argv

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rsjax.data.paths import DataError
 from rsjax.models.autoencoders import AE, CAE
 from rsjax.models.layers import compute_dtype
 from rsjax.models.ms2anet import MS2ANet, PreparedScene, ms2anet_loss, prepare_scene
@@ -139,14 +140,13 @@ def adam(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None,
-        checkpoint: str | Path | None = None, checkpoint_every_s: float | None = None) -> dict:
+def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: str | Path | None = None) -> dict:
     """Train ``cfg.method`` on a min-max scaled cube (H, W, D); return the trained state,
     the loss curve, the latent code of every pixel (H, W, C) and timings.
 
     With ``checkpoint`` (a directory), the training state is written there atomically (orbax)
-    after the last chunk and after any chunk that ends ``checkpoint_every_s`` seconds (default
-    :data:`CHECKPOINT_EVERY_S`) or more after the previous write, with ``<checkpoint>.json``
+    after the last chunk and after any chunk that ends :data:`CHECKPOINT_EVERY_S` seconds or more
+    after the previous write, with ``<checkpoint>.json``
     beside it (the settings' fingerprint, the losses so far, the time spent). A rerun with the
     same settings, cube and seed resumes from it: the chunks already trained are skipped (all of
     them when the run had finished) and the result is the uninterrupted run's (tests). A
@@ -164,13 +164,12 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None
         checkpoint = Path(checkpoint)
         fingerprint = _fingerprint(cfg, cube01, seed)
         state, losses, prior_time = _resume(checkpoint, fingerprint, state)
-    every = CHECKPOINT_EVERY_S if checkpoint_every_s is None else checkpoint_every_s
     t0 = time.perf_counter()
     sizes = [cfg.chunk] * (cfg.iters // cfg.chunk) + ([cfg.iters % cfg.chunk] if cfg.iters % cfg.chunk else [])
     bounds = np.cumsum([0] + sizes).tolist()                  # iterations done at each chunk boundary
     done = int(state.step)
     if done not in bounds:
-        raise ValueError(f"{checkpoint}: its state stopped at iteration {done}, not at the end of a chunk "
+        raise DataError(f"{checkpoint}: its state stopped at iteration {done}, not at the end of a chunk "
                          f"of {cfg.chunk}; delete it to train afresh.")
     sizes = sizes[bounds.index(done):]
     bar = _progress(cfg.iters, f"{cfg.method} seed {seed}", progress)
@@ -185,11 +184,9 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, on_chunk=None
         losses.extend(chunk_losses.tolist())
         bar.update(n)
         bar.set_postfix(loss=f"{chunk_losses[-1]:.4f}")
-        if checkpoint is not None and (k == len(sizes) - 1 or time.perf_counter() - last_save >= every):
+        if checkpoint is not None and (k == len(sizes) - 1 or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S):
             _save_progress(checkpoint, fingerprint, state, losses, prior_time + time.perf_counter() - t_start)
             last_save = time.perf_counter()
-        if on_chunk is not None:
-            on_chunk(state)
     bar.close()
     out, _ = _apply_model(model, state.best_params, state.best_batch_stats, x)
     code = np.asarray(out["code"][0])
@@ -243,7 +240,7 @@ def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSISt
     try:
         state = restore(checkpoint, like=state)
     except Exception as e:   # orbax's errors for a tree of another shape vary; name the directory and the fix
-        raise ValueError(f"{checkpoint}: cannot be restored into this model's state ({type(e).__name__}: {e}); "
+        raise DataError(f"{checkpoint}: cannot be restored into this model's state ({type(e).__name__}: {e}); "
                          "delete it (and its .json) to train afresh.") from e
     step = int(state.step)
     total = int(meta["fingerprint"]["config"]["iters"])
