@@ -218,7 +218,9 @@ def load_tfds(builder: str, size: int | None = None, manual_dir: str | Path | No
     try:
         ds, info = tfds.load(builder, split=split, with_info=True, data_dir=tfds_data_dir, **kwargs)
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds of errors
-        hint = " (RESISC45 needs manual_dir= the folder holding NWPU-RESISC45.rar)" if builder == "resisc45" else ""
+        hint = (" (RESISC45 is downloaded by hand: put NWPU-RESISC45.rar in TFDS's manual folder, "
+                "~/tensorflow_datasets/downloads/manual/, or pass manual_dir=; or give the extracted "
+                "NWPU-RESISC45 folder of class folders as the dataset)") if builder == "resisc45" else ""
         raise DataError(f"TFDS could not load {builder!r}{hint}: {e}") from e
     names = list(info.features["label"].names)
     raw, files = [], []
