@@ -48,7 +48,7 @@ from rsjax import parallel
 from rsjax.data.paths import DataError
 from rsjax.models.layers import compute_dtype
 from rsjax.models.resnet import ResNet
-from rsjax.train import checkpoint
+from rsjax.train import apply_model, checkpoint
 
 METHODS = ("snca-ce-mb", "snca-ce-mu", "snca-mb", "snca-mu", "dcnn", "triplet", "ce")
 
@@ -151,12 +151,6 @@ def create_state(cfg, variables: Mapping, tx: optax.GradientTransformation, bank
 
 # ----------------------------------------------------------------------------- the step
 
-def _forward(model, params, batch_stats, images):
-    out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                               mutable=["batch_stats"])
-    return out, mutated["batch_stats"]
-
-
 def make_loss_fn(cfg, model: ResNet) -> Callable:
     """``loss_fn(params, state, images, labels, idx) -> (loss, (terms, embedding, new_batch_stats))``:
     the method's training loss of a batch, differentiable in ``params``; SNCA reads ``state.bank``.
@@ -168,7 +162,7 @@ def make_loss_fn(cfg, model: ResNet) -> Callable:
     sigma, lam, margin = float(cfg.sigma), float(cfg.lam), float(cfg.margin)
 
     def loss_fn(params, state: EmbedState, images, labels, idx):
-        out, new_bs = _forward(model, params, state.batch_stats, images)
+        out, new_bs = apply_model(model, params, state.batch_stats, images)
         f = out["embedding"]
         terms = {}
         if spec.ce:
@@ -242,7 +236,7 @@ def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
                 perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), state.step),
                                               images.shape[0])
                 x_aux = images[perm]
-            out_aux, ema_bs = _forward(model, state.ema_params, state.ema_batch_stats, x_aux)
+            out_aux, ema_bs = apply_model(model, state.ema_params, state.ema_batch_stats, x_aux)
             f_hat = out_aux["embedding"]
             if cfg.shuffle_bn:
                 f_hat = f_hat.at[perm].set(f_hat)           # back to the batch order

@@ -30,6 +30,7 @@ from rsjax.data.paths import DataError
 from rsjax.models.autoencoders import AE, CAE
 from rsjax.models.layers import compute_dtype
 from rsjax.models.ms2anet import MS2ANet, PreparedScene, ms2anet_loss, prepare_scene
+from rsjax.train import apply_model   # x: the scene NHWC, or for MS2A-Net its PreparedScene
 
 
 KEEP = ("updated", "evaluated")   # which parameters the lowest loss keeps (see train_step)
@@ -83,14 +84,6 @@ def prepare_input(model: nn.Module, x: jax.Array):
     if isinstance(model, MS2ANet) and not isinstance(x, PreparedScene):
         return prepare_scene(x)
     return x
-
-
-def apply_model(model, params, batch_stats, x):
-    """Forward pass in training mode (MS2A-Net always normalises with batch statistics).
-    ``x`` is the scene NHWC, or for MS2A-Net also its :class:`PreparedScene`."""
-    out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"])
-    return out, mutated.get("batch_stats", batch_stats)
 
 
 def train_step(state: HSIState, x: jax.Array, *, model, tx, lam: float,
