@@ -63,7 +63,7 @@ def cmd_train(args) -> int:
     results = train_run(cfg, workdir, progress=not args.quiet)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
-        print(f"wrote {workdir}/: checkpoints/, history.json, results.json, tsne.png, similarity.png, "
+        print(f"wrote {workdir}/: checkpoints/, history.json, results.json, tsne.png, similarity.png, retrieval.png, "
               "pr_curve.png, learning_curve.png")
     return 0
 

@@ -125,17 +125,23 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
         out.mkdir(parents=True, exist_ok=True)
         from rsjax.train.checkpoint import write_json_atomic
         write_json_atomic(out / "results.json", results)   # experiments take the file as a finished run's mark
-        _figures(out, cfg, run.workdir, q_emb, q_labels, results, data.class_names)
+        _figures(out, run, results, (q_images, q_emb, q_labels), archive)
     return results
 
 
-def _figures(out: Path, cfg, workdir, q_emb, q_labels, results, class_names) -> None:
-    from rsjax.plots.embedding import (learning_curves_figure, pr_curves_figure, similarity_matrix_figure,
-                                       tsne_figure)
-    tsne_figure(q_emb, q_labels, out / "tsne.png", class_names, seed=int(cfg.seed), title=f"{cfg.method}: t-SNE")
-    similarity_matrix_figure(q_emb, q_labels, out / "similarity.png", class_names, title=f"{cfg.method}")
+def _figures(out: Path, run: LoadedRun, results: dict, queries: tuple, archive: np.ndarray) -> None:
+    """t-SNE, similarity matrix, PR curve and retrieval examples of the queries (images,
+    embeddings, labels) against the archive embeddings; the learning curve from the run's history."""
+    from rsjax.plots.embedding import (learning_curves_figure, pr_curves_figure, retrieval_figure,
+                                       similarity_matrix_figure, tsne_figure)
+    cfg, names, train = run.cfg, run.data.class_names, run.split["train"]
+    q_images, q_emb, q_labels = queries
+    tsne_figure(q_emb, q_labels, out / "tsne.png", names, seed=int(cfg.seed), title=f"{cfg.method}: t-SNE")
+    similarity_matrix_figure(q_emb, q_labels, out / "similarity.png", names, title=f"{cfg.method}")
     pr_curves_figure({cfg.method: results}, out / "pr_curve.png", title="test queries vs train archive")
-    history_path = Path(workdir) / "history.json"
+    retrieval_figure(q_images, q_emb, q_labels, run.data.images[train], archive, run.data.labels[train],
+                     out / "retrieval.png", k=5, class_names=names, seed=int(cfg.seed))
+    history_path = run.workdir / "history.json"
     if history_path.exists():
         history = json.loads(history_path.read_text())
         vals = [h["val_knn_acc"] for h in history if "val_knn_acc" in h]

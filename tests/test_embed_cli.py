@@ -38,7 +38,7 @@ def test_train_writes_results_history_and_figures(trained_run):
         assert 0.0 <= results[key] <= 100.0
     history = json.loads((workdir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1] and all("val_knn_acc" in h for h in history)
-    for name in ("results.json", "tsne.png", "similarity.png", "pr_curve.png", "learning_curve.png"):
+    for name in ("results.json", "tsne.png", "similarity.png", "pr_curve.png", "retrieval.png", "learning_curve.png"):
         assert (workdir / name).stat().st_size > 0
     assert (workdir / "checkpoints" / "epoch_0002").is_dir()
 
