@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import cached_run, command_line, oa_line
+from experiments.common import SCORE_COLUMNS, cached_run, command_line, oa_line, score_cells
 from rsjax import configs
 from rsjax.data.hsi import load_scene
 
@@ -117,14 +117,11 @@ def format_markdown(params: list[dict], results: dict, args) -> str:
     if results:
         lines += ["", f"Clustering with one setting changed at a time, mean +/- std over {args.seeds} seeds "
                       f"({args.iters} iterations; command: `{args.command}`). OA, AA, Kappa in %; time in seconds per run.", "",
-                  "| scene | study | value | OA | AA | Kappa | NMI | ARI | time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"| scene | study | value | {SCORE_COLUMNS} |", "|---|---|---|---|---|---|---|---|---|"]
         for (scene, study), rows in results.items():
             for value, summary in rows:
-                s = summary["summary"]
-                cell = lambda k, f: f"{s[k]['mean']:{f}} +/- {s[k]['std']:{f}}"
                 shown = f"d1 = {value} (d = {3 * value})" if study == "latent" else value
-                lines.append(f"| {scene} | {study} | {shown} | {cell('OA', '.2f')} | {cell('AA', '.2f')} | "
-                             f"{cell('Kappa', '.2f')} | {cell('NMI', '.3f')} | {cell('ARI', '.3f')} | {cell('time', '.1f')} |")
+                lines.append(f"| {scene} | {study} | {shown} | {score_cells(summary)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,17 @@ def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
     return cached(path, settings, lambda: {**run(scene, cfg, seeds, out_dir=None, progress=False), **extra})
 
 
+SCORE_COLUMNS = "OA | AA | Kappa | NMI | ARI | time (s)"
+
+
+def score_cells(summary: dict) -> str:
+    """The :data:`SCORE_COLUMNS` cells of a table row, mean +/- std over seeds."""
+    s = summary["summary"]
+    return " | ".join(f"{s[k]['mean']:{f}} +/- {s[k]['std']:{f}}"
+                      for k, f in (("OA", ".2f"), ("AA", ".2f"), ("Kappa", ".2f"), ("NMI", ".3f"), ("ARI", ".3f"),
+                                   ("time", ".1f")))
+
+
 def oa_line(label: str, summary: dict) -> str:
     s = summary["summary"]
     return f"{label:<40} OA {s['OA']['mean']:.2f} +/- {s['OA']['std']:.2f} ({summary.get('wall_s', 0):.0f} s)"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from experiments.common import cached_run, command_line, oa_line
+from experiments.common import SCORE_COLUMNS, cached_run, command_line, oa_line, score_cells
 from rsjax import configs
 from rsjax.data.hsi import load_scene
 
@@ -68,13 +68,10 @@ def format_markdown(results: dict, args) -> str:
              "update (the authors' code), 'evaluated' = the ones that scored it (column keep; rows computed "
              "before the option existed used 'evaluated').",
              "Mean +/- std over seeds. OA, AA, Kappa in %; time in seconds per run (training + k-means).", "",
-             "| scene | method | keep | OA | AA | Kappa | NMI | ARI | time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| scene | method | keep | {SCORE_COLUMNS} |", "|---|---|---|---|---|---|---|---|---|"]
     for (scene, method), summary in results.items():
-        s = summary["summary"]
-        cell = lambda k, f: f"{s[k]['mean']:{f}} +/- {s[k]['std']:{f}}"
         keep = "-" if method == "kmeans" else summary.get("keep", "evaluated")
-        lines.append(f"| {scene} | {method} | {keep} | {cell('OA', '.2f')} | {cell('AA', '.2f')} | {cell('Kappa', '.2f')} | "
-                     f"{cell('NMI', '.3f')} | {cell('ARI', '.3f')} | {cell('time', '.1f')} |")
+        lines.append(f"| {scene} | {method} | {keep} | {score_cells(summary)} |")
     lines += ["", "Reference: the authors' MS2A-Net math on the same 2-core machine, 3 seeds (issue #2): "
               + ", ".join(f"{k} OA {m} +/- {sd}" for k, (m, sd) in REFERENCE_OA.items()) + "."]
     torch_dir = Path(args.torch_reference or ("results/reference_torch" if args.spf_odd == "crop"
