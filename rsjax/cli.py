@@ -71,6 +71,8 @@ def add_cluster_parser(sub) -> None:
     src.add_argument("--dataset", default=None, help=f"registered scene: {', '.join(REGISTRY)} (default salinas-a)")
     src.add_argument("--cube", help="your cube: .mat, .npy, .npz, ENVI .hdr or GeoTIFF (H x W x D)")
     src.add_argument("--gt", help="your ground truth (H x W, 0 = unlabeled)")
+    src.add_argument("--class-names", type=lambda t: [n.strip() for n in t.split(",")], default=None,
+                     help="names of your ground truth's labels, comma-separated, in ascending label order")
     p.add_argument("--method", choices=METHODS, default="ms2anet")
     p.add_argument("--seeds", type=_seeds, default=[0], help="a count (5 -> seeds 0..4) or a list (0,3,7)")
     p.add_argument("--iters", type=positive_int, default=None, help="training iterations (default 800)")
@@ -101,7 +103,9 @@ def cmd_cluster(args) -> int:
             setattr(cfg, key, getattr(args, key))
     if cfg.iters < cfg.chunk:
         cfg.chunk = cfg.iters
-    scene = load_scene(args.dataset, args.cube, args.gt)
+    if args.class_names and args.cube is None:
+        raise DataError("--class-names names the labels of your own --gt; registered scenes have theirs.")
+    scene = load_scene(args.dataset, args.cube, args.gt, class_names=args.class_names)
     summary = run(scene, cfg, args.seeds, out_dir=args.out, progress=not args.quiet)
     if args.json:
         print(json.dumps(summary["summary"], indent=2))

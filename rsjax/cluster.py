@@ -62,7 +62,7 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
         runs.append(r["scores"])
         first = first or r
         if out is not None:
-            _write_seed(out, scene, cfg, seed, r)
+            _write_seed(out, scene, seed, r)
     summary = {"dataset": scene.name, "method": cfg.method, "seeds": list(seeds),
                "config": cfg.to_dict(), "class_names": scene.class_names,
                "summary": summarize(runs), "runs": runs}
@@ -75,7 +75,7 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
     return summary
 
 
-def _write_seed(out: Path, scene: Scene, cfg, seed: int, r: dict) -> None:
+def _write_seed(out: Path, scene: Scene, seed: int, r: dict) -> None:
     np.save(out / f"labels_seed{seed}.npy", r["labels"].astype(np.int16))
     if scene.georef is not None:
         _write_geotiff(out / f"labels_seed{seed}.tif", r["labels"], scene.georef)

@@ -100,3 +100,15 @@ def test_training_that_diverges_exits_with_its_message(tmp_path, capsys, monkeyp
     monkeypatch.setattr(hsi, "_train_chunk", diverges)
     assert main(["cluster", "--iters", "2", "--out", str(tmp_path), "--quiet"]) == 2
     assert "rsjax: error: non-finite loss at iteration 3; lower the learning rate" in capsys.readouterr().err
+
+
+def test_class_names_of_own_files(tmp_path, capsys):
+    cube, gt = _write_scene(tmp_path)
+    own = ["--cube", str(cube), "--gt", str(gt), "--method", "kmeans", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(["cluster", *own, "--class-names", "water, forest,field"]) == 0
+    assert "forest" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["class_names"] == ["water", "forest", "field"]
+    assert main(["cluster", *own, "--class-names", "water,forest"]) == 2
+    assert "3 labels (1, 2, 3) but 2 class names" in capsys.readouterr().err
+    assert main(["cluster", "--class-names", "a,b"]) == 2
+    assert "registered scenes have theirs" in capsys.readouterr().err

@@ -204,7 +204,8 @@ REGISTRY: dict[str, Callable[[], Scene]] = {
 
 def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str | Path | None = None,
                class_names: list[str] | None = None) -> Scene:
-    """A registered scene by name, or a user's cube and ground truth by path."""
+    """A registered scene by name, or a user's cube and ground truth by path (``class_names``: one
+    per label of the ground truth, in ascending label order; default ``class <label>``)."""
     if cube is not None or gt is not None:
         if cube is None or gt is None:
             raise DataError("pass both --cube and --gt (the ground truth is needed for the metrics).")
@@ -214,7 +215,10 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
             raise DataError(f"{gt}: ground truth must hold integer class labels (0 = unlabeled).")
         y = y.astype(np.int64)
         values = sorted(int(v) for v in np.unique(y) if v > 0)
-        names = class_names or [f"class {v}" for v in values]
+        if class_names is not None and len(class_names) != len(values):
+            raise DataError(f"{gt}: {len(values)} labels ({', '.join(map(str, values[:10]))}) but {len(class_names)} "
+                            "class names; pass one name per label, in ascending label order.")
+        names = list(class_names) if class_names is not None else [f"class {v}" for v in values]
         scene = Scene(Path(cube).stem, x.astype(np.float32), _relabel(y, values), names, georef)
         return scene
     name = name or "salinas-a"
