@@ -9,7 +9,8 @@
 #   the methods in order until 430 s have passed; needs RSJAX_DATA; the table and runs, less checkpoints,
 #   in $OUT/snca_table.tgz; SNCA_FROM=DIR starts from the finished runs of an earlier table; SNCA_SEEDS,
 #   SNCA_METHODS and SNCA_LIMIT set the seeds per method, the training order (default: table_snca's) and
-#   the time limit; the table lists all five methods)
+#   the time limit; SNCA_M_SCHEDULE the MB bank momentum schedule (default none, the paper's: the table
+#   in results/snca_gpu_e100_128 needs 80:0.8,120:0.9); the table lists all five methods)
 # Compiling the SNCA-CE step on an H100 took 43-100 s (XLA autotunes its convolutions): all four
 # parts need about 15 minutes; run them as two calls where one command may take at most 10
 # (ms2anet probe snca64 | snca128). Packages missing there (ml_collections) may come as wheels in .whl/.
@@ -46,7 +47,8 @@ for p in ${*:-ms2anet probe snca64 snca128}; do
              limit=${SNCA_LIMIT:-430}
              echo "== snca-table (limit $limit s, at $(( $(date +%s) - start )) s)"
              mkdir -p /tmp/snca_table; [ -n "${SNCA_FROM:-}" ] && cp -r "$SNCA_FROM/runs" /tmp/snca_table/
-             args=(--seeds "${SNCA_SEEDS:-1}" --epochs 100 --image-size 128 --batch-size 64 --out /tmp/snca_table)
+             args=(--seeds "${SNCA_SEEDS:-1}" --epochs 100 --image-size 128 --batch-size 64
+                   --m-schedule "${SNCA_M_SCHEDULE:-none}" --out /tmp/snca_table)
              timeout "$limit" python3 -m experiments.table_snca ${SNCA_METHODS:+--methods "$SNCA_METHODS"} "${args[@]}" \
                > "$OUT/snca_table.log" 2>&1
              echo "   exit $?"

@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments.common import command_line, machine
 from rsjax import configs
+from rsjax.configs import parse_m_schedule
 from rsjax.data.paths import DataError
 from rsjax.embedding import train_run
 from rsjax.hostmem import keep_freed_memory
@@ -42,12 +43,19 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=configs.get(METHODS[0]).lr,
                     help="SGD learning rate (default: the paper's, as in rsjax/configs)")
+    ap.add_argument("--m-schedule", default="none",
+                    help="MB bank momentum schedule, EPOCH:M pairs (the authors' code: 80:0.8,120:0.9); "
+                         "default none, the paper's fixed m = 0.5")
     ap.add_argument("--out", default="results/snca")
     ap.add_argument("--report-only", action="store_true",
                     help="build the table from the finished runs only; train nothing")
     args = ap.parse_args(argv)
     args.command = command_line("experiments.table_snca", ap, args,
                                 shown=("seeds", "epochs", "image_size", "batch_size", "lr"))
+    try:
+        schedule = parse_m_schedule(args.m_schedule)
+    except ValueError as e:
+        ap.error(str(e))
     keep_freed_memory()
     out = Path(args.out)
     rows: dict[str, list[dict]] = {}
@@ -57,6 +65,7 @@ def main(argv=None):
             cfg = configs.get(method)
             cfg.dataset, cfg.seed, cfg.epochs = args.dataset, seed, args.epochs
             cfg.image_size, cfg.batch_size, cfg.lr = args.image_size, args.batch_size, args.lr
+            cfg.m_schedule_epochs, cfg.m_schedule_values = schedule
             workdir = out / "runs" / f"{method}_s{seed}"
             done = workdir / "results.json"
             t0 = time.time()
@@ -103,7 +112,8 @@ def trained_on(rows: dict) -> str:
 def format_markdown(rows: dict, args) -> str:
     head = ["method", "seeds", *COLUMNS, "train time / run (min)"]
     lines = [f"Dataset `{args.dataset}` (70/10/20 stratified split per seed), ResNet18 from scratch at "
-             f"{args.image_size} x {args.image_size}, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}; "
+             f"{args.image_size} x {args.image_size}, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}, "
+             f"MB bank momentum schedule {args.m_schedule}; "
              f"machine: {trained_on(rows)}, command: `{args.command}`. Mean +/- std over seeds (one seed: its value), in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in rows.items():

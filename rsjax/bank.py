@@ -65,13 +65,13 @@ def overwrite(bank: jax.Array, idx: jax.Array, f_hat: jax.Array) -> jax.Array:
     return bank.at[idx].set(f_hat, unique_indices=True)
 
 
-def bank_momentum(epoch: jax.Array | int, m: float = 0.5,
-                  boundaries: Sequence[int] = (80, 120),
-                  values: Sequence[float] = (0.8, 0.9)) -> jax.Array:
+def bank_momentum(epoch: jax.Array | int, m: float = 0.5, boundaries: Sequence[int] = (),
+                  values: Sequence[float] = ()) -> jax.Array:
     """The MB momentum at ``epoch`` (0-based): ``m`` before ``boundaries[0]``, then ``values[k]``
-    from epoch ``boundaries[k]`` on (the authors' ``adjust_memory_update_rate``: 0.5, 0.8 at
-    epoch 80, 0.9 at epoch 120). ``epoch`` may be traced, so a changing epoch does not recompile.
-    """
+    from epoch ``boundaries[k]`` on. The paper keeps ``m = 0.5`` (no boundaries); the authors'
+    ``adjust_memory_update_rate`` raises it to 0.8 at epoch 80 and 0.9 at epoch 120
+    (``boundaries=(80, 120), values=(0.8, 0.9)``). ``epoch`` may be traced, so a changing epoch
+    does not recompile."""
     if len(boundaries) != len(values):
         raise ValueError(f"bank momentum schedule: {len(boundaries)} boundaries but {len(values)} values")
     epoch = jnp.asarray(epoch)

@@ -52,6 +52,14 @@ def fraction(text: str) -> float:
     return v
 
 
+def m_schedule(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    from rsjax.configs import parse_m_schedule
+    try:
+        return parse_m_schedule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def non_negative_float(text: str) -> float:
     v = float(text)
     if not 0 <= v < float("inf"):

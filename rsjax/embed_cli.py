@@ -5,7 +5,7 @@ import json
 
 
 def add_embed_parser(sub) -> None:
-    from rsjax.cli import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+    from rsjax.cli import fraction, m_schedule, non_negative_float, non_negative_int, positive_float, positive_int
     from rsjax.models.layers import COMPUTE_DTYPES
     from rsjax.train.embed import METHODS
     p = sub.add_parser("embed", help="learn and evaluate scene embeddings (SNCA-CE and baselines)")
@@ -26,6 +26,9 @@ def add_embed_parser(sub) -> None:
                              ("dim", positive_int, "embedding size D (128)"), ("m", fraction, "bank / EMA momentum"),
                              ("seed", non_negative_int, "seed of split, init, batches and augmentation")):
         t.add_argument(f"--{name}", type=typ, default=None, help=help_)
+    t.add_argument("--m-schedule", type=m_schedule, default=None,
+                   help="MB bank momentum raised from these epochs on, EPOCH:M pairs (the authors' code: "
+                        "80:0.8,120:0.9); default none, the paper's fixed m")
     t.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
                    help="float32 (default) or bfloat16 (mixed precision, for GPUs)")
     t.add_argument("--pretrained", default=None, help="a torchvision ResNet18 state_dict (.pth) to start from")
@@ -59,6 +62,8 @@ def cmd_train(args) -> int:
     for key in ("epochs", "image_size", "batch_size", "lr", "sigma", "lam", "dim", "m", "seed", "pretrained", "dtype"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.m_schedule is not None:
+        cfg.m_schedule_epochs, cfg.m_schedule_values = args.m_schedule
     workdir = args.workdir or f"runs/{args.dataset.replace('/', '_').replace(':', '_')}_{args.method}_s{cfg.seed}"
     results = train_run(cfg, workdir, progress=not args.quiet)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))

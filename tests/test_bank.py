@@ -47,7 +47,8 @@ def test_overwrite_sets_rows():
 
 
 def test_bank_momentum_schedule():
-    sched = jax.jit(B.bank_momentum)
+    code = jax.jit(lambda e: B.bank_momentum(e, 0.5, (80, 120), (0.8, 0.9)))   # the authors' code
     for epoch, m in [(0, 0.5), (79, 0.5), (80, 0.8), (119, 0.8), (120, 0.9), (200, 0.9)]:
-        np.testing.assert_allclose(float(sched(jnp.int32(epoch))), m, rtol=1e-6)
+        np.testing.assert_allclose(float(code(jnp.int32(epoch))), m, rtol=1e-6)
+        np.testing.assert_allclose(float(B.bank_momentum(jnp.int32(epoch))), 0.5, rtol=1e-6)   # the paper
     np.testing.assert_allclose(float(B.bank_momentum(5, 0.3, (2,), (0.7,))), 0.7, rtol=1e-6)

@@ -91,6 +91,7 @@ def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
     for argv, says in ((["train", "--batch-size", "0"], "--batch-size: must be a positive integer"),
                        (["train", "--sigma", "0"], "--sigma: must be a positive number"),
                        (["train", "--m", "1.5"], "--m: must lie in [0, 1]"),
+                       (["train", "--m-schedule", "80"], "EPOCH:M pairs, as 80:0.8,120:0.9"),
                        (["retrieve", str(workdir), "q.png", "-k", "0"], "-k: must be a positive integer")):
         with pytest.raises(SystemExit):
             main(["embed", *argv])

@@ -111,3 +111,26 @@ def test_config_conflicts_ignores_resumable_and_newer_fields():
     assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", num_classes=5)) == ["num_classes: 4 -> 5"]
     assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", batch_size=4, dim=16)) == [
         "batch_size: 8 -> 4", "dim: 8 -> 16"]
+
+
+def test_bank_momentum_schedules_compare_as_far_as_they_act():
+    """A schedule step at or past the run's last epoch, or in a method without an MB bank, changes
+    nothing, so it is no conflict; one that acts is."""
+    from rsjax.configs import parse_m_schedule
+    code = parse_m_schedule("80:0.8,120:0.9")
+    assert code == ((80, 120), (0.8, 0.9)) and parse_m_schedule("none") == ((), ())
+    with pytest.raises(ValueError, match="increasing epochs"):
+        parse_m_schedule("120:0.9,80:0.8")
+
+    def cfg(method, epochs, schedule):
+        c = tiny_cfg(method, epochs=epochs)
+        c.m_schedule_epochs, c.m_schedule_values = schedule
+        return c
+
+    stored = json.loads(cfg("snca-ce-mb", 30, code).to_json())          # a 30-epoch run, the code's schedule
+    assert embed.config_conflicts(stored, cfg("snca-ce-mb", 30, ((), ()))) == []
+    assert embed.config_conflicts(stored, cfg("snca-ce-mb", 100, ((), ()))) == [
+        "m_schedule_epochs: [80] -> []", "m_schedule_values: [0.8] -> []"]
+    assert embed.config_conflicts(stored, cfg("snca-ce-mb", 100, code)) == []
+    stored_mu = json.loads(cfg("snca-ce-mu", 100, code).to_json())
+    assert embed.config_conflicts(stored_mu, cfg("snca-ce-mu", 100, ((), ()))) == []

@@ -5,3 +5,18 @@ import importlib
 def get(name: str):
     module = name.replace("-", "_")
     return importlib.import_module(f"rsjax.configs.{module}").get_config()
+
+
+def parse_m_schedule(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``'80:0.8,120:0.9'`` (the authors' code) -> ``((80, 120), (0.8, 0.9))``, the MB bank
+    momentum's ``m_schedule_epochs`` and ``m_schedule_values``; ``'none'`` -> no schedule (the paper)."""
+    if text.strip().lower() in ("", "none"):
+        return (), ()
+    try:
+        pairs = [item.split(":") for item in text.split(",")]
+        epochs, values = tuple(int(e) for e, _ in pairs), tuple(float(v) for _, v in pairs)
+    except ValueError:
+        raise ValueError(f"a bank momentum schedule is EPOCH:M pairs, as 80:0.8,120:0.9, or none; got {text!r}")
+    if list(epochs) != sorted(set(epochs)) or min(epochs) < 0 or not all(0 <= v <= 1 for v in values):
+        raise ValueError(f"a bank momentum schedule has increasing epochs of 0 or more and momenta in [0, 1]; got {text!r}")
+    return epochs, values

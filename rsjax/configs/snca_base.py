@@ -41,11 +41,11 @@ def get_config():
     c.triplet_margin = 0.2
     c.triplet_mining = "all"      # all (batch-all) | hard (batch-hard)
 
-    # Memory bank. m is the method's momentum: MB bank momentum (0.5, raised per the schedule
-    # below) or MU encoder EMA momentum (0.999, set in the MU configs).
+    # Memory bank. m is the method's momentum: MB bank momentum (0.5, the paper's) or MU encoder
+    # EMA momentum (0.999, set in the MU configs).
     c.m = 0.5
-    c.m_schedule_epochs = (80, 120)   # MB only: m becomes m_schedule_values[k] from these epochs on
-    c.m_schedule_values = (0.8, 0.9)
+    c.m_schedule_epochs = ()      # MB only: m becomes m_schedule_values[k] from these epochs on; the
+    c.m_schedule_values = ()      # paper keeps m fixed, the authors' code: (80, 120) -> (0.8, 0.9)
     c.bank_init_normalise = False # the authors' bank starts uniform in [-s, s] without normalising rows
     c.shuffle_bn = False          # MU: shuffle the batch before the momentum encoder (MoCo). Under jit
                                   # BatchNorm is over the global batch, so it only changes rounding.

@@ -369,13 +369,28 @@ RESUMABLE_FIELDS = ("epochs", "log_every", "keep_checkpoints", "eval_batch_size"
 
 def config_conflicts(stored: Mapping, cfg) -> list[str]:
     """``'field: stored -> requested'`` for every field of a run's stored ``config.json``, other than
-    :data:`RESUMABLE_FIELDS`, in which ``cfg`` differs (an empty list: ``cfg`` continues that run).
+    :data:`RESUMABLE_FIELDS`, in which ``cfg`` differs (an empty list: ``cfg`` continues that run);
+    the bank-momentum schedules are compared as far as they act (:func:`_effective_schedule`).
     Fields the stored config lacks (added to rsjax after the run was made) are not compared, nor is
     a requested ``num_classes`` of 0 (taken from the data, as the stored one was)."""
     wanted = json.loads(cfg.to_json())
+    stored = _effective_schedule(stored, cfg)
+    wanted = _effective_schedule(wanted, cfg)
     return [f"{k}: {stored[k]!r} -> {wanted.get(k)!r}" for k in sorted(stored)
             if k not in RESUMABLE_FIELDS and stored[k] != wanted.get(k)
             and not (k == "num_classes" and wanted.get(k) == 0)]
+
+
+def _effective_schedule(c: Mapping, cfg) -> dict:
+    """``c`` with the MB bank-momentum schedule cut to the steps that act within ``cfg.epochs``
+    epochs of ``cfg.method`` (none for a method without an MB bank), so that runs which trained
+    alike compare equal whatever schedule steps they listed past their end."""
+    c = dict(c)
+    if "m_schedule_epochs" in c and "m_schedule_values" in c:
+        mb = method_spec(cfg.method).bank_update == "mb"
+        steps = [(e, v) for e, v in zip(c["m_schedule_epochs"], c["m_schedule_values"]) if mb and e < int(cfg.epochs)]
+        c["m_schedule_epochs"], c["m_schedule_values"] = [e for e, _ in steps], [v for _, v in steps]
+    return c
 
 
 def check_resumable(workdir: str | Path, cfg) -> None:
