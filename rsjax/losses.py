@@ -3,8 +3,10 @@
 - :func:`snca_loss`: scalable neighbourhood component analysis against the memory bank
   (Eqs. 5-7 of the paper, with the authors' optional margin), in log space.
 - :func:`cross_entropy`: softmax cross-entropy with integer labels (Eq. 9).
-- :func:`contrastive_loss`: the pairwise contrastive term of D-CNN (Cheng et al. 2018; Eq. 1
-  of the paper) over all pairs of the batch.
+- :func:`dcnn_loss`: D-CNN's metric term (Cheng et al. 2018) as the authors' code computes it
+  (``HingeLoss``: tau1 0.44, tau2 0.05), the D-CNN baseline's default.
+- :func:`contrastive_loss`: the pairwise contrastive loss (Eq. 1 of the paper) over all pairs of
+  the batch.
 - :func:`triplet_loss`: the triplet loss (Eq. 3), batch-all or batch-hard over the batch.
 
 Embeddings are the L2-normalised FC1 outputs. Each loss is a mean over the batch (or over
@@ -201,8 +203,23 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
+def dcnn_loss(f: jax.Array, labels: jax.Array, tau1: float = 0.44, tau2: float = 0.05) -> jax.Array:
+    """D-CNN's metric-learning term (Cheng et al. 2018), as the SNCA-CE authors' code computes it.
+
+    Each pair ``i < j`` costs ``max(0, tau2 - y_ij (tau1 - d_ij^2))``, with ``y_ij = 1`` for a
+    same-class pair and ``-1`` otherwise and ``d_ij^2 = ||f_i - f_j||^2``: same-class pairs are
+    pulled within ``d^2 <= tau1 - tau2``, other pairs pushed beyond ``d^2 >= tau1 + tau2``. The sum
+    is divided by ``B^2`` (the code's mean over the B x B matrix whose lower triangle is zero)."""
+    b = f.shape[0]
+    d2 = pairwise_sq_distances(f, f)
+    y = jnp.where(labels[:, None] == labels[None, :], 1.0, -1.0)
+    per_pair = jax.nn.relu(tau2 - y * (tau1 - d2))
+    upper = jnp.triu(jnp.ones((b, b), bool), k=1)
+    return jnp.sum(jnp.where(upper, per_pair, 0.0)) / (b * b)
+
+
 def contrastive_loss(f: jax.Array, labels: jax.Array, margin: float = 1.0) -> jax.Array:
-    """Contrastive loss over all pairs ``i < j`` of the batch (Eq. 1; D-CNN's metric term).
+    """Contrastive loss over all pairs ``i < j`` of the batch (Eq. 1 of the paper).
 
     A same-class pair costs ``d_ij^2``, a different-class pair ``max(0, margin - d_ij)^2``,
     with ``d_ij = ||f_i - f_j||`` the Euclidean distance of the embeddings (at most 2 for

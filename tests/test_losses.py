@@ -48,6 +48,15 @@ def naive_contrastive(f, labels, margin):
     return total / pairs
 
 
+def naive_dcnn(f, labels, tau1, tau2):
+    total = 0.0
+    for i in range(len(f)):
+        for j in range(i + 1, len(f)):
+            y = 1.0 if labels[i] == labels[j] else -1.0
+            total += max(0.0, tau2 - y * (tau1 - float(np.sum((f[i] - f[j]) ** 2))))
+    return total / len(f) ** 2
+
+
 def naive_triplet(f, labels, margin, mining):
     d = lambda a, b: float(np.sum((f[a] - f[b]) ** 2))
     n = len(f)
@@ -67,6 +76,7 @@ def naive_triplet(f, labels, margin, mining):
 
 _snca_jit = jax.jit(losses.snca_loss, static_argnums=(5, 6))
 _contrastive_jit = jax.jit(losses.contrastive_loss, static_argnums=(2,))
+_dcnn_jit = jax.jit(losses.dcnn_loss, static_argnums=(2, 3))
 _triplet_jit = jax.jit(losses.triplet_loss, static_argnums=(2, 3))
 _triplet_grad = jax.jit(jax.grad(losses.triplet_loss), static_argnums=(2, 3))
 
@@ -187,6 +197,24 @@ def test_contrastive_matches_naive_loop(seed, b, classes, margin):
     labels = rng.integers(0, classes, b)
     got = _contrastive_jit(jnp.asarray(f, jnp.float32), jnp.asarray(labels), margin)
     np.testing.assert_allclose(float(got), naive_contrastive(f, labels, margin), rtol=1e-4, atol=1e-5)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), b=st.sampled_from([2, 7]), classes=st.integers(1, 4),
+       taus=st.sampled_from([(0.44, 0.05), (1.0, 0.2)]))
+def test_dcnn_matches_naive_loop(seed, b, classes, taus):
+    rng = np.random.default_rng(seed)
+    f = _unit(rng, b, 5)
+    labels = rng.integers(0, classes, b)
+    got = _dcnn_jit(jnp.asarray(f, jnp.float32), jnp.asarray(labels), *taus)
+    np.testing.assert_allclose(float(got), naive_dcnn(f, labels, *taus), rtol=1e-4, atol=1e-6)
+
+
+def test_dcnn_is_zero_once_pairs_clear_their_margins():
+    """Same-class pairs within d^2 <= tau1 - tau2 and other pairs beyond tau1 + tau2 cost nothing."""
+    f = jnp.array([[1.0, 0.0], [np.cos(0.2), np.sin(0.2)], [-1.0, 0.0]])     # d^2: 0.04 (same), ~4 (other)
+    assert float(losses.dcnn_loss(f, jnp.array([0, 0, 1]))) == 0.0
+    assert float(losses.dcnn_loss(f, jnp.array([0, 1, 1]))) > 0.0
 
 
 def test_contrastive_gradient_finite_for_identical_embeddings():

@@ -37,7 +37,8 @@ def get_config():
     c.sigma = 0.1                 # SNCA temperature; paper (the code: 0.05)
     c.lam = 1.0                   # lambda
     c.margin = 0.0                # SNCA margin (the code's --margin); positive mass / exp(margin / sigma)
-    c.contrastive_margin = 1.0    # D-CNN: different-class pairs pushed beyond this Euclidean distance
+    c.contrastive_margin = 1.0    # Eq. 1 contrastive loss (dcnn_metric "contrastive"): different-class
+                                  # pairs pushed beyond this Euclidean distance
     c.triplet_margin = 0.2
     c.triplet_mining = "all"      # all (batch-all) | hard (batch-hard)
 

@@ -11,7 +11,7 @@ data-parallel over a mesh (:mod:`rsjax.parallel`). Inside a step:
 
 1. forward the (already augmented, float32 NHWC) batch in training mode (batch statistics);
 2. the loss: ``CE + lambda * SNCA`` against the INCOMING bank (SNCA-CE), SNCA alone,
-   ``CE + lambda * contrastive`` (D-CNN), the triplet loss, or CE alone;
+   ``CE + lambda * D-CNN's pairwise term`` (D-CNN), the triplet loss, or CE alone;
 3. SGD (Nesterov momentum 0.9, PyTorch-style weight decay 1e-4, lr halved every 30 epochs);
 4. the bank rows of the batch are written after the logits were taken from it:
    MB: ``bank[idx] = normalise(m * bank[idx] + (1 - m) * f)``, ``m`` by epoch
@@ -170,8 +170,10 @@ def make_loss_fn(cfg, model: ResNet) -> Callable:
             terms["accuracy"] = jnp.mean(jnp.argmax(out["logits"], -1) == labels)
         if spec.metric == "snca":
             terms["snca"] = losses.snca_loss(f, labels, idx, state.bank, state.bank_labels, sigma, margin)
-        elif spec.metric == "contrastive":
-            terms["contrastive"] = losses.contrastive_loss(f, labels, float(cfg.contrastive_margin))
+        elif spec.metric == "contrastive":        # D-CNN's term (cfg.dcnn_metric "hinge") or Eq. 1
+            terms["contrastive"] = (losses.dcnn_loss(f, labels, float(cfg.dcnn_tau1), float(cfg.dcnn_tau2))
+                                    if cfg.get("dcnn_metric", "contrastive") == "hinge"
+                                    else losses.contrastive_loss(f, labels, float(cfg.contrastive_margin)))
         elif spec.metric == "triplet":
             terms["triplet"] = losses.triplet_loss(f, labels, float(cfg.triplet_margin), str(cfg.triplet_mining))
         loss = terms["ce"] if spec.ce else 0.0
