@@ -17,7 +17,9 @@ data-parallel over a mesh (:mod:`rsjax.parallel`). Inside a step:
    MB: ``bank[idx] = normalise(m * bank[idx] + (1 - m) * f)``, ``m`` by epoch
    (:func:`rsjax.bank.bank_momentum`); MU: the momentum encoder (parameters
    ``theta_aux^(t)``, its own batch statistics) embeds the batch and its features overwrite
-   ``bank[idx]``, then ``theta_aux = m theta_aux + (1 - m) theta^(t+1)`` (m = 0.999). The
+   ``bank[idx]``, then ``theta_aux = m theta_aux + (1 - m) theta^(t+1)`` (m = 0.999), every step
+   as in the authors' code and the paper's Algorithm 2 (its text says the bank is replaced "after
+   each training epoch"). The
    baselines, which need no bank, store their own (detached) batch embeddings there, so
    ``state.bank`` is always the latest training embedding of every image.
 
