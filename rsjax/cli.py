@@ -24,6 +24,8 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+# argparse types of the numeric options (rsjax cluster, rsjax embed)
+
 def positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -45,6 +47,13 @@ def positive_float(text: str) -> float:
     return v
 
 
+def non_negative_float(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
+    return v
+
+
 def fraction(text: str) -> float:
     v = float(text)
     if not 0 <= v <= 1:
@@ -58,13 +67,6 @@ def m_schedule(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         return parse_m_schedule(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
-
-
-def non_negative_float(text: str) -> float:
-    v = float(text)
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
-    return v
 
 
 def add_cluster_parser(sub) -> None:
