@@ -92,8 +92,8 @@ def add_cluster_parser(sub) -> None:
                    help="A1 spectral stream only, A2 spatial only, A3 both (default)")
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default=None,
                    help="MS2A-Net's convolutions: float32 (default) or bfloat16 (mixed precision, for GPUs)")
-    p.add_argument("--out", default="rsjax_out",
-                   help="output directory (default ./rsjax_out); a rerun into it resumes an interrupted run "
+    p.add_argument("--out", default=None,
+                   help="output directory (default ./rsjax_out/<scene>_<method>); a rerun into it resumes an interrupted run "
                         "and does not train finished seeds again")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,13 +116,14 @@ def cmd_cluster(args) -> int:
     if args.class_names and args.cube is None:
         raise DataError("--class-names names the labels of your own --gt; registered scenes have theirs.")
     scene = load_scene(args.dataset, args.cube, args.gt, class_names=args.class_names)
-    summary = run(scene, cfg, args.seeds, out_dir=args.out, progress=not args.quiet)
+    out = args.out or f"rsjax_out/{scene.name}_{cfg.method}"   # one folder per scene and method
+    summary = run(scene, cfg, args.seeds, out_dir=out, progress=not args.quiet)
     if args.json:
         print(json.dumps(summary["summary"], indent=2))
     else:
         print(format_table(summary))
-        print(f"wrote {args.out}/: metrics.json, labels_seed*.npy, class_map.png"
-              + (", checkpoint_seed*/" if cfg.method != "kmeans" else ""))
+        print(f"wrote {out}/: metrics.json, labels_seed*.npy" + (", labels_seed*.tif" if scene.georef else "")
+              + ", class_map.png" + (", checkpoint_seed*/ (+ .json), losses_seed*.npy" if cfg.method != "kmeans" else ""))
     return 0
 
 

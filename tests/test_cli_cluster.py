@@ -112,3 +112,13 @@ def test_class_names_of_own_files(tmp_path, capsys):
     assert "3 labels (1, 2, 3) but 2 class names" in capsys.readouterr().err
     assert main(["cluster", "--class-names", "a,b"]) == 2
     assert "registered scenes have theirs" in capsys.readouterr().err
+
+
+def test_default_output_folder_is_per_scene_and_method(tmp_path, capsys, monkeypatch):
+    cube, gt = _write_scene(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for method in ("kmeans", "ae"):
+        assert main(["cluster", "--cube", str(cube), "--gt", str(gt), "--method", method, "--iters", "2", "--quiet"]) == 0
+        assert f"wrote rsjax_out/cube_{method}/" in capsys.readouterr().out
+    for method in ("kmeans", "ae"):                        # the second run did not overwrite the first
+        assert json.loads((tmp_path / "rsjax_out" / f"cube_{method}" / "metrics.json").read_text())["method"] == method
