@@ -22,10 +22,11 @@ def add_embed_parser(sub) -> None:
                              ("batch-size", positive_int, "batch size (paper 256)"),
                              ("lr", positive_float, "SGD learning rate (paper 0.01)"),
                              ("sigma", positive_float, "SNCA temperature (paper 0.1)"),
-                             ("lam", non_negative_float, "lambda of the metric term"),
                              ("dim", positive_int, "embedding size D (128)"), ("m", fraction, "bank / EMA momentum"),
                              ("seed", non_negative_int, "seed of split, init, batches and augmentation")):
         t.add_argument(f"--{name}", type=typ, default=None, help=help_)
+    t.add_argument("--lambda", "--lam", dest="lam", type=non_negative_float, default=None,
+                   help="lambda of the metric term (paper 1)")
     t.add_argument("--m-schedule", type=m_schedule, default=None,
                    help="MB bank momentum raised from these epochs on, EPOCH:M pairs (the authors' code: "
                         "80:0.8,120:0.9); default none, the paper's fixed m")
@@ -49,7 +50,8 @@ def add_embed_parser(sub) -> None:
     r.add_argument("checkpoint", help="the run directory or one of its checkpoints")
     r.add_argument("image", help="a JPEG, PNG or TIFF image")
     r.add_argument("-k", type=positive_int, default=5, help="number of neighbours (default 5)")
-    r.add_argument("--out", default="retrieval.png", help="PNG of the query and its neighbours")
+    r.add_argument("--out", default=None, help="PNG of the query and its neighbours "
+                   "(default ./neighbours_<image name>.png)")
     r.set_defaults(func=cmd_retrieve)
 
 
@@ -80,13 +82,20 @@ def cmd_evaluate(args) -> int:
     out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
     results = evaluate_run(args.checkpoint, queries=args.queries, out_dir=out)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
+    if not args.json:
+        print(f"evaluated {ckpt}; wrote {out}/: results.json, tsne.png, similarity.png, retrieval.png, "
+              "pr_curve.png, learning_curve.png")
     return 0
 
 
 def cmd_retrieve(args) -> int:
+    from pathlib import Path
+
     from rsjax.embedding import retrieve
-    found = retrieve(args.checkpoint, args.image, k=args.k, out_png=args.out)
+    out = args.out or f"neighbours_{Path(args.image).stem}.png"
+    found = retrieve(args.checkpoint, args.image, k=args.k, out_png=out)
+    print(f"{'rank':>4}  {'cosine':<6}  {'class':<20} archive image")
     for rank, (name, cls, sim) in enumerate(found, start=1):
-        print(f"{rank:>3}  {sim:.4f}  {cls:<20} {name}")
-    print(f"wrote {args.out}")
+        print(f"{rank:>4}  {sim:.4f}  {cls:<20} {name}")
+    print(f"wrote {out}")
     return 0

@@ -56,8 +56,8 @@ def test_evaluate_a_given_checkpoint(trained_run, capsys):
     """A checkpoint path evaluates that checkpoint, not the newest, into <run>/eval_epoch_XXXX."""
     workdir, results = trained_run
     first = workdir / "checkpoints" / "epoch_0001"
-    assert main(["embed", "evaluate", str(first), "--json"]) == 0
-    capsys.readouterr()
+    assert main(["embed", "evaluate", str(first)]) == 0
+    assert f"evaluated {first}; wrote {workdir / 'eval_epoch_0001'}/: results.json" in capsys.readouterr().out
     written = json.loads((workdir / "eval_epoch_0001" / "results.json").read_text())
     assert written["checkpoint"] == "epoch_0001" and results["checkpoint"] == "epoch_0002"
     from rsjax.embedding import load_run
@@ -72,7 +72,7 @@ def test_retrieve_cli(trained_run, tmp_path, capsys):
     assert main(["embed", "retrieve", str(workdir), str(tmp_path / "q.png"), "-k", "3",
                  "--out", str(tmp_path / "r.png")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and "img" in lines[0]
+    assert len(lines) == 5 and "archive image" in lines[0] and "img" in lines[1]
     assert (tmp_path / "r.png").stat().st_size > 0
 
 

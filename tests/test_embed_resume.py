@@ -63,7 +63,7 @@ def test_steps_straight_equal_save_restore_continue(tmp_path, data, variables):
     _assert_same(resumed, straight)
 
 
-def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables):
+def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables, capsys):
     """train(2 epochs) == train(1 epoch) then train(2 epochs) in the same workdir, with augmentation
     and the kNN validation callback; checkpoints are pruned to the newest ones."""
     from rsjax.data.augment import augment
@@ -80,7 +80,9 @@ def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables):
     first = embed.train(tiny_cfg("snca-ce-mb", epochs=1, keep_checkpoints=1), data, workdir=tmp_path / "b", **common)
     assert int(first["state"].step) == N // B
     (tmp_path / "b" / "checkpoints" / "epoch_0002.orbax-checkpoint-tmp-1").mkdir()  # an interrupted save
+    capsys.readouterr()
     resumed = embed.train(cfg, data, workdir=tmp_path / "b", **common)
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().err
     assert int(resumed["state"].step) == 2 * (N // B)
     _assert_same(resumed["state"], straight["state"])
     hist = json.loads((tmp_path / "b" / "history.json").read_text())
@@ -90,6 +92,7 @@ def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables):
     assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["epoch_0002"]
 
     again = embed.train(cfg, data, workdir=tmp_path / "b", **common)   # nothing left to do
+    assert "already trained (2 epochs)" in capsys.readouterr().err
     assert int(again["state"].step) == 2 * (N // B)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["epochs"] == 2   # as the run now is
     with pytest.raises(ValueError, match="holds a run of 2 epochs, more than the 1 asked for"):

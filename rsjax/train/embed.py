@@ -34,6 +34,7 @@ import functools
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -461,6 +462,8 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
                             f"ask for {start_epoch} or more epochs, evaluate its checkpoint of epoch {cfg.epochs} "
                             "if it is kept, or train into another directory.")
         state = checkpoint.restore(path, like=state)
+        print(f"{workdir}: " + (f"already trained ({start_epoch} epochs)." if start_epoch == int(cfg.epochs) else
+                                f"resuming after epoch {start_epoch} of {cfg.epochs}."), file=sys.stderr)
         if history_path.exists():
             history = [h for h in json.loads(history_path.read_text()) if h["epoch"] < start_epoch]
     checkpoint.write_json_atomic(workdir / "config.json", json.loads(cfg.to_json()))   # epochs as now asked
