@@ -77,7 +77,8 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
     cube, _ = _write_scene(tmp_path)
     np.save(tmp_path / "gt_bad.npy", np.ones((3, 3)))
     assert main(["cluster", "--cube", str(cube), "--gt", str(tmp_path / "gt_bad.npy"), "--quiet"]) == 2
-    assert "does not match" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not match" in err and f"{cube} (ground truth {tmp_path / 'gt_bad.npy'})" in err
     assert main(["cluster", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     capsys.readouterr()

@@ -88,7 +88,7 @@ def test_validation_errors():
     with pytest.raises(DataError, match="NaN or Inf"):
         validate(_scene(bad, gt))
     bad = cube.copy(); bad[..., 2] = 7.0
-    with pytest.raises(DataError, match=r"bands \[2\] are constant"):
+    with pytest.raises(DataError, match=r"band \[2\] \(0-based\) is constant"):
         validate(_scene(bad, gt))
     with pytest.raises(DataError, match="no labeled pixels"):
         validate(_scene(cube, np.zeros_like(gt)))
@@ -138,3 +138,17 @@ def test_paper_scene_layout(tmp_path, monkeypatch):
     assert s.cube.shape == (300, 300, 3) and s.gt[60, 100] == 2
     with pytest.raises(DataError, match="Trento.mat does not exist"):
         REGISTRY["trento"]()
+
+
+def test_data_errors_name_what_is_missing(tmp_path, monkeypatch):
+    """A 2-D cube names the shape it needs; a registered scene without a data directory names the
+    folder the data directory must hold."""
+    from rsjax.data import paths
+    from rsjax.data.hsi import read_array
+    np.save(tmp_path / "flat.npy", np.zeros((4, 5), np.float32))
+    with pytest.raises(DataError, match=r"flat.npy: no numeric 3-D array inside \(it holds array \(4, 5\)\); "
+                                        r"a cube must be H x W x D"):
+        read_array(tmp_path / "flat.npy", ndim=3)
+    monkeypatch.setattr(paths, "data_dir", lambda required=True: None)
+    with pytest.raises(DataError, match="set RSJAX_DATA to the folder that holds indian_pines_subset/"):
+        load_scene("indian-pines-subset")

@@ -22,6 +22,7 @@ class Scene:
     gt: np.ndarray              # (H, W) int32, 0 = unlabeled, 1..C classes
     class_names: list[str]
     georef: dict[str, Any] | None = None   # rasterio profile of a GeoTIFF input
+    source: str | None = None              # the files it came from, for error messages
 
     @property
     def n_classes(self) -> int:
@@ -98,7 +99,9 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
     candidates = {k: np.asarray(v) for k, v in arrays.items()
                   if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and (ndim is None or np.squeeze(v).ndim == ndim)}
     if not candidates:
-        raise DataError(f"{path}: no numeric {ndim or ''}-D array inside; it holds {sorted(arrays)}. Pass the key explicitly.")
+        held = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items())
+        raise DataError(f"{path}: no numeric {ndim or ''}-D array inside (it holds {held}); a cube must be "
+                        "H x W x D (rows, columns, bands) and a ground truth H x W.")
     k = max(candidates, key=lambda k: candidates[k].size)
     arr = candidates[k]
     return (np.squeeze(arr) if ndim is not None else arr), georef
@@ -107,26 +110,29 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
 # ----------------------------------------------------------------------------- validation
 
 def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
-    """Check a scene before training; every failure names the file and the fix."""
+    """Check a scene before training; every failure names the files (or the scene) and the fix."""
     cube, gt = scene.cube, scene.gt
+    where = scene.source or scene.name
     if cube.ndim != 3:
-        raise DataError(f"{scene.name}: the cube must be H x W x D, got shape {cube.shape}.")
+        raise DataError(f"{where}: the cube must be H x W x D, got shape {cube.shape}.")
     if gt.shape != cube.shape[:2]:
-        raise DataError(f"{scene.name}: ground truth shape {gt.shape} does not match the cube's spatial shape "
+        raise DataError(f"{where}: the ground truth's shape {gt.shape} does not match the cube's spatial shape "
                         f"{cube.shape[:2]}; pass the ground truth that belongs to this cube.")
     bad = ~np.isfinite(cube)
     if bad.any():
         n = int(bad.sum())
-        raise DataError(f"{scene.name}: the cube has {n} NaN or Inf values; fill or mask them (e.g. np.nan_to_num) first.")
+        raise DataError(f"{where}: the cube holds {n} NaN or Inf value{'s' if n > 1 else ''}; fill or mask them first "
+                        "(for example with numpy.nan_to_num).")
     span = cube.reshape(-1, cube.shape[-1]).max(0) - cube.reshape(-1, cube.shape[-1]).min(0)
     flat = np.flatnonzero(span == 0)
     if flat.size:
-        raise DataError(f"{scene.name}: bands {flat.tolist()[:10]} are constant (zero min-max range) and cannot be "
-                        "scaled; drop them, e.g. cube[..., span > 0].")
+        raise DataError(f"{where}: band{'s' if flat.size > 1 else ''} {flat.tolist()[:10]} (0-based) "
+                        f"{'are' if flat.size > 1 else 'is'} constant (zero min-max range) and cannot be scaled; "
+                        "drop the constant bands from the cube and pass it again.")
     if not (gt > 0).any():
-        raise DataError(f"{scene.name}: the ground truth has no labeled pixels (all 0); metrics need labels 1..C.")
+        raise DataError(f"{where}: the ground truth has no labeled pixels (all 0); metrics need labels 1..C.")
     if n_clusters is not None and n_clusters > gt.size:
-        raise DataError(f"{scene.name}: {n_clusters} clusters requested but the scene has only {gt.size} pixels; "
+        raise DataError(f"{where}: {n_clusters} clusters requested but the scene has only {gt.size} pixels; "
                         "ask for fewer clusters.")
     return scene
 
@@ -219,7 +225,8 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
             raise DataError(f"{gt}: {len(values)} labels ({', '.join(map(str, values[:10]))}) but {len(class_names)} "
                             "class names; pass one name per label, in ascending label order.")
         names = list(class_names) if class_names is not None else [f"class {v}" for v in values]
-        scene = Scene(Path(cube).stem, x.astype(np.float32), _relabel(y, values), names, georef)
+        scene = Scene(Path(cube).stem, x.astype(np.float32), _relabel(y, values), names, georef,
+                      source=f"{cube} (ground truth {gt})")
         return scene
     name = name or "salinas-a"
     if name not in REGISTRY:

@@ -31,13 +31,19 @@ def data_dir(required: bool = True) -> Path | None:
     if required:
         raise DataError(
             "no data directory: set RSJAX_DATA to the folder that holds the datasets "
-            "(for example RSJAX_DATA=/data/rs), or pass the files by path.")
+            "(for example RSJAX_DATA=/data/rs; unset, ../shared/data beside the working directory or the "
+            "rsjax checkout is used), or pass the files by path.")
     return None
 
 
 def dataset_file(*parts: str) -> Path:
     """A file inside the data directory, with an error naming the missing file."""
-    path = data_dir().joinpath(*parts)
+    root = data_dir(required=False)
+    if root is None:
+        raise DataError(f"{'/'.join(parts)} is read from the data directory, and there is none: set RSJAX_DATA to "
+                        f"the folder that holds {parts[0]}/ (unset, ../shared/data beside the working directory "
+                        "or the rsjax checkout is used), or pass the files by path.")
+    path = root.joinpath(*parts)
     if not path.exists():
         raise DataError(f"{path} does not exist; put the file there or set RSJAX_DATA to the folder that holds it.")
     return path
