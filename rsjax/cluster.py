@@ -101,12 +101,15 @@ def _jsonable(o):
 
 def format_table(summary: dict) -> str:
     """The metrics table printed by ``rsjax cluster``: mean +/- std over seeds and per-class accuracy."""
-    s, names = summary["summary"], summary["class_names"]
-    lines = [f"{summary['dataset']} | {summary['method']} | seeds {summary['seeds']}",
-             f"{'metric':<28}{'mean':>10}{'std':>10}"]
+    s, names, cfg, method = summary["summary"], summary["class_names"], summary["config"], summary["method"]
+    setting = ("" if method == "kmeans" else f" | {cfg['iters']} iterations"
+               + (f", lambda {cfg['lam']}, {cfg['ablation']}" if method == "ms2anet" else ""))
+    w = max(28, 6 + max(len(n) for n in names))
+    lines = [f"{summary['dataset']} | {method} | seeds {summary['seeds']}{setting}",
+             f"{'metric':<{w}}{'mean':>10}{'std':>10}"]
     for k in ("OA", "AA", "Kappa", "NMI", "ARI", "time"):
-        lines.append(f"{k:<28}{s[k]['mean']:>10.4g}{s[k]['std']:>10.3g}")
+        lines.append(f"{k:<{w}}{s[k]['mean']:>10.4g}{s[k]['std']:>10.3g}")
     for c, name in enumerate(names, start=1):
         vals = np.array([r["per_class"][c] for r in summary["runs"]])
-        lines.append(f"{'  ' + str(c) + ' ' + name:<28.28}{vals.mean():>10.4g}{vals.std():>10.3g}")
+        lines.append(f"{'  ' + str(c) + ' ' + name:<{w}}{vals.mean():>10.4g}{vals.std():>10.3g}")
     return "\n".join(lines)

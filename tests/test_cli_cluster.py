@@ -26,6 +26,7 @@ def test_cluster_writes_table_and_files(tmp_path, capsys, method):
     assert rc == 0
     text = capsys.readouterr().out
     assert "OA" in text and "Kappa" in text and "class 3" in text
+    assert ("| 4 iterations, lambda 0.1, A3" in text) == (method == "ms2anet")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seeds"] == [0, 1] and len(metrics["runs"]) == 2
     assert 0 <= metrics["summary"]["OA"]["mean"] <= 100

@@ -59,3 +59,10 @@ def test_retrieval(tmp_path, toy):
     _is_png(out)
     _is_png(retrieval_figure(images / 255.0, emb, y, images, emb, y, tmp_path / "ret2.png", k=2, query_idx=[0, 7],
                              exclude_self=True))
+
+
+@pytest.mark.parametrize("n", [3, 12, 21, 45])
+def test_palette_colours_are_distinct(n):
+    from rsjax.plots.common import palette
+    colours = palette(n)
+    assert colours.shape == (n, 3) and len({tuple(np.round(c, 4)) for c in colours}) == n

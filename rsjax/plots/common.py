@@ -11,9 +11,12 @@ import numpy as np  # noqa: E402
 
 
 def palette(n: int) -> np.ndarray:
-    """``n`` distinct RGB colours in [0, 1] (tab20, then hsv beyond 20)."""
-    if n <= 20:
-        return np.asarray(plt.get_cmap("tab20").colors)[:n] if n > 10 else np.asarray(plt.get_cmap("tab10").colors)[:n]
+    """``n`` distinct RGB colours in [0, 1]: tab10, tab20, then tab20 + tab20b + tab20c up to 60
+    (neighbouring hues of an hsv wheel are hard to tell apart), hsv beyond."""
+    if n <= 10:
+        return np.asarray(plt.get_cmap("tab10").colors)[:n]
+    if n <= 60:
+        return np.concatenate([plt.get_cmap(m).colors for m in ("tab20", "tab20b", "tab20c")])[:n]
     return plt.get_cmap("hsv")(np.linspace(0, 1, n, endpoint=False))[:, :3]
 
 

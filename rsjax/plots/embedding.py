@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from rsjax.metrics.retrieval import l2_normalize, nearest_neighbors
+from matplotlib.ticker import MaxNLocator
+
 from rsjax.plots.common import palette, plt, savefig
 
 
@@ -142,6 +144,7 @@ def learning_curves_figure(histories: Mapping[str, object] | Sequence[float], pa
             x = np.arange(1, y.size + 1)
         ax.plot(x, y, marker="o" if y.size <= 30 else None, ms=3, color=colours[i], label=str(name) or None)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if any(str(n) for n in histories):
