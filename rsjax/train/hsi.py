@@ -139,12 +139,13 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
 
     With ``checkpoint`` (a directory), the training state is written there atomically (orbax)
     after the last chunk and after any chunk that ends :data:`CHECKPOINT_EVERY_S` seconds or more
-    after the previous write, with ``<checkpoint>.json``
-    beside it (the settings' fingerprint, the losses so far, the time spent). A rerun with the
+    after the previous write, with ``<checkpoint>.json`` beside it (the settings' fingerprint,
+    the losses so far, the time spent, set-up included). A rerun with the
     same settings, cube and seed resumes from it: the chunks already trained are skipped (all of
     them when the run had finished) and the result is the uninterrupted run's (tests). A
     checkpoint of other settings is deleted and training starts afresh. ``prior_time`` in the
-    result is the time that earlier, interrupted calls spent."""
+    result is the time that earlier calls spent, ``setup_time`` this call's time before training
+    (building, initialising and restoring the model)."""
     t_start = time.perf_counter()
     model = build_model(cfg, cube01.shape[-1])
     tx = adam(float(cfg.lr))
@@ -185,7 +186,7 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
     code = np.asarray(out["code"][0])
     train_time = time.perf_counter() - t0
     return {"state": state, "losses": np.asarray(losses), "code": code, "train_time": train_time,
-            "prior_time": prior_time}
+            "prior_time": prior_time, "setup_time": t0 - t_start}
 
 
 # ----------------------------------------------------------------------------- checkpoints and resuming
