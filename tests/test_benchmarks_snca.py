@@ -4,6 +4,7 @@ No timing assertions (the machine is shared); only that the measurement runs and
 """
 import math
 
+import jax
 import numpy as np
 
 from benchmarks.snca_step import snca_bank_scaling
@@ -26,7 +27,8 @@ def test_snca_bank_scaling_tiny():
     # the ordered composition updates the donated bank in place; the unordered one copies it
     assert res["bank_copies"] == [0, 0]
     assert all(res["same_buffer"])
-    assert all(c >= 0 for c in res["plain_bank_copies"])
+    if jax.default_backend() == "cpu":          # XLA:CPU copies the bank when the write is not ordered
+        assert all(c >= 1 for c in res["plain_bank_copies"]), res["plain_bank_copies"]
 
 
 def test_snca_bank_scaling_without_plain_and_one_n():

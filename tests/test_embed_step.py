@@ -218,12 +218,20 @@ def test_compiled_step_updates_the_donated_bank_in_place(method, variables, data
     import re
     cfg, model, tx, state = setup(method, variables, data)
     n, d = state.bank.shape
-    compiled = jax.jit(embed.make_step(cfg, model, tx), donate_argnums=(0,)).lower(
-        state, jnp.asarray(data[0][:B]), jnp.asarray(data[1][:B]), jnp.arange(B, dtype=jnp.int32), jnp.int32(0)).compile()
-    copies = re.findall(rf"= f32\[{n},{d}\]\{{[0-9,]*\}} copy\(", compiled.as_text())
-    assert copies == []
-    kernels = re.findall(r"copy\(%state_(?:ema_)?params\S*kernel", compiled.as_text())
-    assert kernels == []
+
+    def copies():
+        hlo = jax.jit(embed.make_step(cfg, model, tx), donate_argnums=(0,)).lower(
+            state, jnp.asarray(data[0][:B]), jnp.asarray(data[1][:B]), jnp.arange(B, dtype=jnp.int32),
+            jnp.int32(0)).compile().as_text()
+        return (re.findall(rf"= f32\[{n},{d}\]\{{[0-9,]*\}} copy\(", hlo),
+                re.findall(r"copy\(%state_(?:ema_)?params\S*kernel", hlo))
+
+    assert copies() == ([], [])
+    if jax.default_backend() == "cpu":           # the patterns do find the copies XLA:CPU makes unordered
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(embed, "_ordered_after", lambda scalar, tree: tree)
+            bank_copies, kernel_copies = copies()
+        assert kernel_copies and (bank_copies or method == "ce"), (bank_copies, kernel_copies)   # CE reads no bank
 
 
 @settings(max_examples=25)
