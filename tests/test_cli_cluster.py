@@ -30,8 +30,13 @@ def test_cluster_writes_table_and_files(tmp_path, capsys, method):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seeds"] == [0, 1] and len(metrics["runs"]) == 2
     assert 0 <= metrics["summary"]["OA"]["mean"] <= 100
+    if method == "kmeans":                               # three classes 3 std apart in every band
+        assert metrics["summary"]["OA"]["mean"] > 90
     labels = np.load(out / "labels_seed1.npy")
+    truth = np.load(gt)
     assert labels.shape == (9, 8)
+    from rsjax.metrics.clustering import clustering_scores
+    assert clustering_scores(truth[truth > 0], labels[truth > 0])["OA"] == pytest.approx(metrics["runs"][1]["OA"])
     assert (out / "class_map.png").stat().st_size > 1000
     assert (out / "checkpoint_seed0").is_dir() == (method == "ms2anet")
 
@@ -71,7 +76,8 @@ def test_geotiff_input_gives_geotiff_labels(tmp_path):
     assert main(["cluster", "--cube", str(tmp_path / "c.tif"), "--gt", str(gt), "--method", "kmeans",
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
     with rasterio.open(tmp_path / "o" / "labels_seed0.tif") as src:
-        assert src.transform == transform and src.read(1).shape == (9, 8)
+        assert src.transform == transform and src.crs.to_string() == "EPSG:4326"
+        np.testing.assert_array_equal(src.read(1), np.load(tmp_path / "o" / "labels_seed0.npy"))
 
 
 def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
@@ -94,14 +100,20 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
 
 
 def test_training_that_diverges_exits_with_its_message(tmp_path, capsys, monkeypatch):
+    """A NaN loss in the second chunk of 50 iterations, at its second iteration: iteration 51."""
     from rsjax.train import hsi
+    real, calls = hsi._train_chunk, []
 
     def diverges(*a, **kw):
-        raise FloatingPointError("non-finite loss at iteration 3; lower the learning rate (--lr)")
+        state, losses = real(*a, **kw)
+        calls.append(1)
+        return state, (losses.at[1].set(np.nan) if len(calls) == 2 else losses)
 
     monkeypatch.setattr(hsi, "_train_chunk", diverges)
-    assert main(["cluster", "--iters", "2", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "rsjax: error: non-finite loss at iteration 3; lower the learning rate" in capsys.readouterr().err
+    cube, gt = _write_scene(tmp_path)
+    assert main(["cluster", "--cube", str(cube), "--gt", str(gt), "--iters", "100", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert "rsjax: error: non-finite loss at iteration 51; lower the learning rate" in capsys.readouterr().err
 
 
 def test_class_names_of_own_files(tmp_path, capsys):
