@@ -80,20 +80,27 @@ def test_retrieval_matches_naive_loop(seed, interpolated):
 
 
 @settings(derandomize=True, deadline=None, database=None, max_examples=15)
-@given(st.integers(0, 10_000), st.integers(1, 6), st.booleans())
-def test_retrieval_property_with_ties(seed, c, interpolated):
+@given(st.integers(0, 10_000), st.integers(1, 6), st.booleans(), st.sampled_from([5, 1024]))
+def test_retrieval_property_with_ties(seed, c, interpolated, chunk):
+    """Leave-one-out retrieval of 12 items equals the naive ranking, also when the queries are
+    processed in chunks of 5 (each chunk's own rows excluded at its offset)."""
     rng = np.random.default_rng(seed)
     # few distinct directions -> many exact similarity ties
     a = rng.integers(-1, 2, size=(12, 2)).astype(float) + np.array([0.0, 1e-3])
     ay = rng.integers(0, c, 12)
-    got = retrieval_scores(a, ay, a, ay, ks=(1, 2), interpolated=interpolated, exclude_self=True)
+    got = retrieval_scores(a, ay, a, ay, ks=(1, 2), interpolated=interpolated, exclude_self=True, chunk=chunk)
     ref = _naive(a, ay, a, ay, (1, 2), np.linspace(0, 1, 11), interpolated, exclude_self=True)
-    if ref["used"] == 0:
-        assert got["n_queries"] == 0 and math.isnan(got["map"])
-        return
+    assert ref["used"] > 0 and got["n_queries"] == ref["used"]    # 12 items in at most 6 classes
     for key in ("map", "map@r", "r_precision", "p@1", "recall@1", "recall@2"):
         assert got[key] == pytest.approx(ref[key], abs=1e-12), key
     np.testing.assert_allclose(got["pr_curve"]["precision"], ref["curve"], atol=1e-12)
+
+
+def test_retrieval_without_relevant_items_is_nan():
+    """Every item alone in its class: left out of its own results, no query has a relevant item."""
+    a = np.eye(4)
+    got = retrieval_scores(a, np.arange(4), a, np.arange(4), ks=(1,), exclude_self=True, chunk=3)
+    assert got["n_queries"] == 0 and math.isnan(got["map"])
 
 
 def test_retrieval_hand_computed():
