@@ -53,6 +53,26 @@ def test_oa_is_the_best_one_to_one_matching(y, pred):
     assert clustering_scores(y, pred)["OA"] == pytest.approx(100.0 * _optimal_matchings(y, pred)[0] / len(y))
 
 
+@given(y=labels, pred=st.lists(st.integers(0, 6), min_size=60, max_size=60))
+def test_aa_and_kappa_equal_naive_loops_over_the_matched_labels(y, pred):
+    """AA is the mean over classes of the matched accuracy, Kappa Cohen's (po - pe) / (1 - pe) over
+    the matched labels (an unmatched cluster is a category of its own), counted in plain loops."""
+    y = np.array(y)
+    pred = np.array(pred[: len(y)])
+    matched = match_labels(y, pred)
+    s = clustering_scores(y, pred)
+    accs = []
+    for c in sorted(set(y.tolist())):
+        members = [i for i in range(len(y)) if y[i] == c]
+        accs.append(sum(matched[i] == c for i in members) / len(members))
+    assert s["AA"] == pytest.approx(100 * sum(accs) / len(accs))
+    n = len(y)
+    po = sum(int(matched[i] == y[i]) for i in range(n)) / n
+    pe = sum((y == k).sum() * (matched == k).sum() for k in set(y.tolist()) | set(matched.tolist())) / n ** 2
+    if pe < 1:
+        assert s["Kappa"] == pytest.approx(100 * (po - pe) / (1 - pe), abs=1e-9)
+
+
 def test_hand_computed_case_and_sklearn_agreement():
     y = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 3])
     p = np.array([7, 7, 8, 8, 8, 9, 9, 9, 9, 7])
