@@ -76,6 +76,21 @@ def test_retrieve_cli(trained_run, tmp_path, capsys):
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
+def test_retrieve_finds_an_archive_image_itself(trained_run, tmp_path):
+    """An image of the training archive, saved and read back, is its own nearest neighbour (cosine
+    1, up to ties), and the neighbours come in order of falling cosine."""
+    from rsjax.embedding import load_run, retrieve
+    workdir, _ = trained_run
+    run = load_run(workdir)
+    i = int(run.split["train"][3])
+    Image.fromarray(run.data.images[i]).save(tmp_path / "own.png")
+    found = retrieve(workdir, tmp_path / "own.png", k=4)
+    sims = [sim for _, _, sim in found]
+    assert sims == sorted(sims, reverse=True) and sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert run.data.files[i] in [name for name, _, sim in found if sim >= sims[0] - 1e-6]
+    assert found[0][1] == run.data.class_names[run.data.labels[i]]
+
+
 def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
     workdir, _ = trained_run
     (tmp_path / "bad.png").write_bytes(b"not an image")
