@@ -47,7 +47,7 @@ def compiled():
     cache = {}
 
     def get(method, cfg, model, tx):
-        key = (method, cfg.shuffle_bn)
+        key = (method, cfg.shuffle_bn, tuple(cfg.m_schedule_epochs))
         if key not in cache:
             traces = []
             inner = embed.make_step(cfg, model, tx)
@@ -60,7 +60,7 @@ def compiled():
         return cache[key]
 
     yield get
-    for (method, _), (_, traces) in cache.items():
+    for (method, *_), (_, traces) in cache.items():
         assert len(traces) == 1, f"{method}: the step was traced {len(traces)} times"
 
 
@@ -93,7 +93,10 @@ def test_step_compiles_once_and_loss_falls(method, variables, data, compiled):
 
 
 def test_mb_step_reads_bank_before_writing(variables, data, compiled):
-    cfg, model, tx, state = setup("snca-ce-mb", variables, data)
+    """The loss reads the incoming bank; the rows are then written with the epoch's momentum (here
+    the authors' code's schedule, 0.8 from epoch 80; the paper's fixed 0.5 by default)."""
+    cfg, model, tx, state = setup("snca-ce-mb", variables, data, m_schedule_epochs=(80, 120),
+                                  m_schedule_values=(0.8, 0.9))
     idx = np.array([0, 5, 9, 14, 17, 22, 27, 31])
     x, y, i = batch(data, idx)
     old_bank = np.asarray(state.bank)
@@ -110,6 +113,9 @@ def test_mb_step_reads_bank_before_writing(variables, data, compiled):
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     got = np.asarray(new.bank)
     np.testing.assert_allclose(got[idx], rows, rtol=1e-4, atol=1e-5)
+    cfg, model, tx, state = setup("snca-ce-mb", variables, data)
+    _, metrics = compiled("snca-ce-mb", cfg, model, tx)[0](state, x, y, i, jnp.int32(80))
+    np.testing.assert_allclose(float(metrics["m"]), 0.5)            # the paper's m, at any epoch
     rest = np.setdiff1d(np.arange(N), idx)
     np.testing.assert_array_equal(got[rest], old_bank[rest])
 

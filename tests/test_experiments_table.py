@@ -80,7 +80,7 @@ def test_table_snca_gives_a_spread_only_where_there_are_two_seeds_or_more():
     def run(v):
         return {**{c: v for c in COLUMNS}, "train_time": 60.0, "machine": "m"}
 
-    args = SimpleNamespace(dataset="d", image_size=16, batch_size=4, epochs=1, lr=0.01, command="c")
+    args = SimpleNamespace(dataset="d", image_size=16, batch_size=4, epochs=1, lr=0.01, m_schedule="none", command="c")
     lines = format_markdown({"two": [run(70.0), run(74.0)], "one": [run(55.5)]}, args).splitlines()
     two = next(l for l in lines if l.startswith("| two |"))
     one = next(l for l in lines if l.startswith("| one |"))
