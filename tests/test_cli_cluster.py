@@ -88,6 +88,8 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
     assert "does not match" in err and f"{cube} (ground truth {tmp_path / 'gt_bad.npy'})" in err
     assert main(["cluster", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+    assert main(["cluster", "--dataset", "samson", "--cube", str(cube), "--gt", str(cube)]) == 2
+    assert "pass either --dataset or --cube/--gt, not both" in capsys.readouterr().err
     capsys.readouterr()
     for argv, says in ((["--seeds", "0"], "at least one seed"), (["--seeds", ","], "at least one seed"),
                        (["--seeds", "0,0"], "distinct seeds"), (["--seeds=-1,2"], "distinct seeds of 0 or more"),

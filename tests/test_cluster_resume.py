@@ -128,6 +128,18 @@ def test_other_settings_train_afresh(tmp_path, scene, chunks, capsys):
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
 
 
+def test_another_cube_trains_afresh(tmp_path, scene, chunks, capsys):
+    """The same settings on a changed cube (one value moved) do not resume the old checkpoint."""
+    from dataclasses import replace
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path, progress=False)
+    cube = scene.cube.copy()
+    cube[0, 0, 0] += 1.0
+    chunks.update(n=0)
+    capsys.readouterr()
+    cluster.run(replace(scene, cube=cube), _cfg(), [0], out_dir=tmp_path, progress=False)
+    assert chunks["n"] == 3 and "other settings or data" in capsys.readouterr().err
+
+
 def test_unreadable_sidecar_trains_afresh(tmp_path, scene, chunks, capsys):
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
