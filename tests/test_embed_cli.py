@@ -98,6 +98,15 @@ def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
     assert "cannot read the image" in capsys.readouterr().err
     assert main(["embed", "evaluate", str(tmp_path)]) == 2
     assert "not a training run" in capsys.readouterr().err
+    # queries of other classes than the archive's
+    d = np.load(tiny_npz)
+    np.savez(tmp_path / "other.npz", images=d["images"], labels=d["labels"], class_names=np.array(list("wxyz")))
+    assert main(["embed", "evaluate", str(workdir), "--queries", str(tmp_path / "other.npz"), "--out", str(tmp_path)]) == 2
+    assert "differ from the archive's" in capsys.readouterr().err
+    # a training split smaller than one batch
+    assert main(["embed", "train", "--dataset", str(tiny_npz), "--workdir", str(tmp_path / "w"), "--batch-size", "64",
+                 "--quiet"]) == 2
+    assert "fewer than one batch of 64; lower --batch-size" in capsys.readouterr().err
     # training into a finished run's directory with other settings is refused, naming them
     assert main(["embed", "train", "--dataset", str(tiny_npz), "--workdir", str(workdir), "--batch-size", "8",
                  "--lr", "0.5", "--quiet"]) == 2

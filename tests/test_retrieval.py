@@ -141,10 +141,16 @@ def test_nearest_neighbors():
 
 def test_retrieval_errors():
     q, qy, a, ay = _random_case(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Recall@100 needs at least 100 archive items"):
         retrieval_scores(q, qy, a, ay, ks=(100,))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need \\(N, D\\) embeddings and N labels"):
         retrieval_scores(q, qy[:-1], a, ay)
+    bad = q.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="embeddings contain NaN or inf"):
+        retrieval_scores(bad, qy, a, ay)
+    with pytest.raises(ValueError, match=r"recall levels must lie in \[0, 1\]"):
+        retrieval_scores(q, qy, a, ay, recall_levels=np.array([0.0, 1.5]))
 
 
 # ----------------------------------------------------------------------------- kNN and k-means

@@ -118,13 +118,23 @@ def test_tfds_path_with_a_stand_in_module(monkeypatch, tmp_path):
     assert calls["kwargs"]["download_and_prepare_kwargs"]["download_config"] == {"manual_dir": str(tmp_path)}
     assert d.images.shape == (3, 6, 6, 3) and d.labels.tolist() == [0, 1, 0]
     assert d.class_names == ["forest", "river"] and d.files == ["img0.tif", "img1.tif", "img2.tif"]
+    np.testing.assert_array_equal(d.images[0], examples[0]["image"])   # read as they are, at their size
     assert load_scene_images("tfds:eurosat/rgb", size=4).images.shape == (3, 4, 4, 3)
+
+    def fails(*a, **kw):
+        raise AssertionError("Manual directory does not exist")            # one of TFDS's many errors
+    fake.load = fails
+    with pytest.raises(DataError, match=r"TFDS could not load 'resisc45' \(RESISC45 is downloaded by hand: "
+                                        r"put NWPU-RESISC45.rar in TFDS's manual folder"):
+        load_scene_images("resisc45")
+    with pytest.raises(DataError, match="unknown TFDS builder 'mnist'"):
+        load_scene_images("tfds:mnist")
 
 
 def test_scene_images_validation():
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="1 labels for"):
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0]), ["a"])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"labels span \[0, 3\] but there are"):
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 3]), ["a"])
 
 
