@@ -27,12 +27,17 @@ def xla_cpu():
 
 
 @pytest.fixture
-def shared_data():
-    """The real datasets directory; tests that need it skip with a reason when it is absent."""
+def shared_data(request):
+    """The real datasets directory; tests that need it skip with a reason when it is absent, or
+    when it lacks a folder the test names with ``@pytest.mark.datasets(...)``."""
     from rsjax.data.paths import data_dir
     path = data_dir(required=False)
     if path is None:
         pytest.skip("no ../shared/data and no RSJAX_DATA: the real-data test needs the datasets folder")
+    marker = request.node.get_closest_marker("datasets")
+    missing = [d for d in (marker.args if marker else ()) if not (path / d).is_dir()]
+    if missing:
+        pytest.skip(f"the data directory {path} has no {', '.join(missing)}: the real-data test reads it")
     return path
 
 

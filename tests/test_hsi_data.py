@@ -118,6 +118,7 @@ def test_rsjax_data_must_be_a_directory(monkeypatch):
         load_scene("samson")
 
 
+@pytest.mark.datasets("indian_pines_subset", "samson")
 def test_shared_scenes(shared_data):
     ip = load_scene("indian-pines-subset")
     assert ip.cube.shape == (85, 70, 200) and np.bincount(ip.gt.ravel()).tolist() == [1559, 1005, 730, 732, 1924]

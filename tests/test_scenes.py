@@ -138,6 +138,7 @@ def test_scene_images_validation():
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 3]), ["a"])
 
 
+@pytest.mark.datasets("ucmerced_subset")
 def test_real_ucmerced_subset_folder(shared_data):
     d = load_scene_images(shared_data / "ucmerced_subset" / "Images", size=32)
     assert d.images.shape == (105, 32, 32, 3)
@@ -147,6 +148,7 @@ def test_real_ucmerced_subset_folder(shared_data):
     assert full.images.shape == (105, 256, 256, 3)
 
 
+@pytest.mark.datasets("rsscn7_128")
 def test_real_named_arrays(shared_data):
     d = load_scene_images("rsscn7")
     assert d.images.shape == (1400, 128, 128, 3) and d.n_classes == 7
