@@ -24,41 +24,24 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-# argparse types of the numeric options (rsjax cluster, rsjax embed)
-
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def non_negative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text}")
-    return v
+def _checked(cast, ok, says: str):
+    """An argparse type: ``cast(text)``, refused with "must ``says``" unless ``ok(value)``
+    (text ``cast`` cannot read: argparse's "invalid int value" or "invalid float value")."""
+    def parse(text: str):
+        v = cast(text)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must {says}, got {text}")
+        return v
+    parse.__name__ = cast.__name__
+    return parse
 
 
-def positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    v = float(text)
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
-    return v
-
-
-def fraction(text: str) -> float:
-    v = float(text)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-    return v
+# argparse types of the numeric options (rsjax cluster, rsjax embed); NaN fails every check
+positive_int = _checked(int, lambda v: v >= 1, "be a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "be an integer of 0 or more")
+positive_float = _checked(float, lambda v: 0 < v < float("inf"), "be a positive number")
+non_negative_float = _checked(float, lambda v: 0 <= v < float("inf"), "be a number of 0 or more")
+fraction = _checked(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
 
 
 def m_schedule(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:

@@ -57,7 +57,7 @@ def add_embed_parser(sub) -> None:
 
 def cmd_train(args) -> int:
     from rsjax import configs
-    from rsjax.embedding import train_run
+    from rsjax.embedding import EVALUATION_FILES, train_run
     from rsjax.metrics.retrieval import format_table, scalar_scores
     cfg = configs.get(args.method)
     cfg.dataset = args.dataset
@@ -70,21 +70,19 @@ def cmd_train(args) -> int:
     results = train_run(cfg, workdir, progress=not args.quiet)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
-        print(f"wrote {workdir}/: checkpoints/, history.json, results.json, tsne.png, similarity.png, retrieval.png, "
-              "pr_curve.png, learning_curve.png")
+        print(f"wrote {workdir}/: checkpoints/, history.json, {', '.join(EVALUATION_FILES)}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from rsjax.embedding import evaluate_run, locate_run
+    from rsjax.embedding import EVALUATION_FILES, evaluate_run, locate_run
     from rsjax.metrics.retrieval import format_table, scalar_scores
     workdir, ckpt = locate_run(args.checkpoint)
     out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
     results = evaluate_run(args.checkpoint, queries=args.queries, out_dir=out)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
-        print(f"evaluated {ckpt}; wrote {out}/: results.json, tsne.png, similarity.png, retrieval.png, "
-              "pr_curve.png, learning_curve.png")
+        print(f"evaluated {ckpt}; wrote {out}/: {', '.join(EVALUATION_FILES)}")
     return 0
 
 

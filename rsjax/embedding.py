@@ -19,6 +19,10 @@ from rsjax.data.paths import DataError
 from rsjax.data.scenes import SceneImages, load_scene_images, stratified_split
 
 
+#: What an evaluation writes to its folder (:func:`evaluate_run` with ``out_dir``).
+EVALUATION_FILES = ("results.json", "tsne.png", "similarity.png", "retrieval.png", "pr_curve.png", "learning_curve.png")
+
+
 def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
     """The dataset of ``cfg`` and its stratified train/val/test indices (deterministic per seed)."""
     data = load_scene_images(cfg.dataset)
