@@ -203,6 +203,12 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
+def _sum_over_pairs(per_pair: jax.Array) -> jax.Array:
+    """The sum of a (B, B) matrix of pair costs over the pairs ``i < j``."""
+    b = per_pair.shape[0]
+    return jnp.sum(jnp.where(jnp.triu(jnp.ones((b, b), bool), k=1), per_pair, 0.0))
+
+
 def dcnn_loss(f: jax.Array, labels: jax.Array, tau1: float = 0.44, tau2: float = 0.05) -> jax.Array:
     """D-CNN's metric-learning term (Cheng et al. 2018), as the SNCA-CE authors' code computes it.
 
@@ -214,8 +220,7 @@ def dcnn_loss(f: jax.Array, labels: jax.Array, tau1: float = 0.44, tau2: float =
     d2 = pairwise_sq_distances(f, f)
     y = jnp.where(labels[:, None] == labels[None, :], 1.0, -1.0)
     per_pair = jax.nn.relu(tau2 - y * (tau1 - d2))
-    upper = jnp.triu(jnp.ones((b, b), bool), k=1)
-    return jnp.sum(jnp.where(upper, per_pair, 0.0)) / (b * b)
+    return _sum_over_pairs(per_pair) / (b * b)
 
 
 def contrastive_loss(f: jax.Array, labels: jax.Array, margin: float = 1.0) -> jax.Array:
@@ -229,8 +234,7 @@ def contrastive_loss(f: jax.Array, labels: jax.Array, margin: float = 1.0) -> ja
     d2 = pairwise_sq_distances(f, f)
     same = labels[:, None] == labels[None, :]
     per_pair = jnp.where(same, d2, jnp.square(jax.nn.relu(margin - _safe_sqrt(d2))))
-    upper = jnp.triu(jnp.ones((b, b), bool), k=1)
-    return jnp.sum(jnp.where(upper, per_pair, 0.0)) / (b * (b - 1) / 2)
+    return _sum_over_pairs(per_pair) / (b * (b - 1) / 2)
 
 
 def triplet_loss(f: jax.Array, labels: jax.Array, margin: float = 0.2, mining: str = "all") -> jax.Array:

@@ -16,6 +16,9 @@ class DataError(ValueError):
     """A dataset or file that rsjax cannot use; the message names the problem and the fix."""
 
 
+_UNSET = "unset, ../shared/data beside the working directory or the rsjax checkout is used"
+
+
 def data_dir(required: bool = True) -> Path | None:
     """The directory holding the non-embedded datasets (``RSJAX_DATA``)."""
     env = os.environ.get("RSJAX_DATA")
@@ -31,8 +34,7 @@ def data_dir(required: bool = True) -> Path | None:
     if required:
         raise DataError(
             "no data directory: set RSJAX_DATA to the folder that holds the datasets "
-            "(for example RSJAX_DATA=/data/rs; unset, ../shared/data beside the working directory or the "
-            "rsjax checkout is used), or pass the files by path.")
+            f"(for example RSJAX_DATA=/data/rs; {_UNSET}), or pass the files by path.")
     return None
 
 
@@ -41,8 +43,7 @@ def dataset_file(*parts: str) -> Path:
     root = data_dir(required=False)
     if root is None:
         raise DataError(f"{'/'.join(parts)} is read from the data directory, and there is none: set RSJAX_DATA to "
-                        f"the folder that holds {parts[0]}/ (unset, ../shared/data beside the working directory "
-                        "or the rsjax checkout is used), or pass the files by path.")
+                        f"the folder that holds {parts[0]}/ ({_UNSET}), or pass the files by path.")
     path = root.joinpath(*parts)
     if not path.exists():
         raise DataError(f"{path} does not exist; put the file there or set RSJAX_DATA to the folder that holds it.")
