@@ -111,7 +111,9 @@ def cmd_cluster(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rsjax import __version__
     parser = argparse.ArgumentParser(prog="rsjax", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rsjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_cluster_parser(sub)
     add_embed_parser(sub)

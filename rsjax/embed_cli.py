@@ -79,7 +79,7 @@ def cmd_evaluate(args) -> int:
     from rsjax.metrics.retrieval import format_table, scalar_scores
     workdir, ckpt = locate_run(args.checkpoint)
     out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
-    results = evaluate_run(args.checkpoint, queries=args.queries, out_dir=out)
+    results = evaluate_run(ckpt, queries=args.queries, out_dir=out)   # the checkpoint named below, even if training writes a newer one
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
         print(f"evaluated {ckpt}; wrote {out}/: {', '.join(EVALUATION_FILES)}")

@@ -138,3 +138,20 @@ def test_default_output_folder_is_per_scene_and_method(tmp_path, capsys, monkeyp
         assert f"wrote rsjax_out/cube_{method}/" in capsys.readouterr().out
     for method in ("kmeans", "ae"):                        # the second run did not overwrite the first
         assert json.loads((tmp_path / "rsjax_out" / f"cube_{method}" / "metrics.json").read_text())["method"] == method
+
+
+def test_python_m_rsjax_is_the_command_line_and_reports_the_version():
+    """``python -m rsjax`` runs the same parser as the ``rsjax`` entry point; ``--version`` gives
+    the installed distribution's version (setup.cfg's)."""
+    import configparser
+    import subprocess
+    import sys
+    from pathlib import Path
+    version = configparser.ConfigParser()
+    version.read(Path(__file__).parents[1] / "setup.cfg")
+    done = subprocess.run([sys.executable, "-m", "rsjax", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"rsjax {version['metadata']['version']}"
+    done = subprocess.run([sys.executable, "-m", "rsjax", "cluster", "--no-such-flag"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "unrecognized arguments: --no-such-flag" in done.stderr
