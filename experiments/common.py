@@ -13,6 +13,7 @@ from typing import Callable
 
 from benchmarks.common import cpu_model
 from rsjax.cluster import run
+from rsjax.configs import differences
 from rsjax.train.checkpoint import write_json_atomic
 
 
@@ -34,7 +35,7 @@ def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> tuple[dic
     path = Path(path)
     if path.exists():
         stored = json.loads(path.read_text())
-        if diffs := _differences(stored, settings):
+        if diffs := differences(stored, settings):
             raise SystemExit(f"{path} holds a result of other settings ({'; '.join(diffs)}): pass them again, "
                              "use another --out, or delete the file to compute its row again.")
         return stored, False
@@ -43,18 +44,6 @@ def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> tuple[dic
     result.update(machine=machine(), wall_s=time.time() - t0)
     write_json_atomic(path, result)
     return result, True
-
-
-def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in wanted.items():
-        if k not in stored:
-            continue
-        if isinstance(v, dict) and isinstance(stored[k], dict):
-            out += _differences(stored[k], v, f"{prefix}{k}.")
-        elif stored[k] != v:
-            out.append(f"{prefix}{k}: {stored[k]!r} -> {v!r}")
-    return out
 
 
 def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:

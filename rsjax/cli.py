@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, FloatingPointError) as e:   # each message names the fix
         print(f"rsjax: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nrsjax: interrupted; the same command again resumes from the last checkpoint.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

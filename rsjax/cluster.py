@@ -5,12 +5,17 @@ Used by ``rsjax cluster`` and by the experiments, so both report the same number
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rsjax.configs import differences
+from rsjax.configs.ms2anet import training_settings
 from rsjax.data.hsi import Scene, minmax_scale, validate
+from rsjax.data.paths import DataError
 from rsjax.metrics.clustering import clustering_scores, kmeans, summarize
 
 METHODS = ("ms2anet", "kmeans", "ae", "cae")
@@ -53,12 +58,13 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
     """All seeds; with ``out_dir`` writes metrics.json, labels per seed (.npy, and .tif when the
     input was a GeoTIFF), the class-map PNG of the first seed and a checkpoint per seed, written
     during training too: a rerun into the same directory resumes where an interrupted one stopped
-    (seeds already trained are not trained again)."""
+    (seeds already trained are not trained again). The directory's ``run.json`` names its run
+    (:func:`run_identity`); a run of other settings or another scene into it is refused."""
     validate(scene, n_clusters=scene.n_classes)
     runs, first = [], None
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        _claim(out, run_identity(scene, cfg))
     for seed in seeds:
         ckpt = out / f"checkpoint_seed{seed}" if out is not None else None   # used only by trained models
         r = cluster_once(scene, cfg, seed, progress=progress, checkpoint=ckpt)
@@ -76,6 +82,39 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
         class_map_figure(scene.gt, first["labels"], scene.class_names, out / "class_map.png",
                          title=f"{scene.name}: {cfg.method} (seed {seeds[0]}, OA {first['scores']['OA']:.1f}%)")
     return summary
+
+
+RUN_FILE = "run.json"   # in an output folder: the run it holds (run_identity)
+
+
+def run_identity(scene: Scene, cfg) -> dict:
+    """What makes two runs into one output folder the same run: the scene (its name and the sha1 of
+    its cube and ground truth), the method and the settings that act for it. The seeds may differ:
+    more seeds add to the run."""
+    digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+    return {"dataset": scene.name, "cube_sha1": digest(scene.cube), "gt_sha1": digest(scene.gt),
+            "settings": {**training_settings(cfg), "kmeans_seed": int(cfg.kmeans_seed)}}
+
+
+def _claim(out: Path, identity: dict) -> None:
+    """Make ``out`` this run's folder: refuse, naming the differences, when it holds another run
+    (whose files and checkpoints would be mixed with, or replaced by, this one's)."""
+    from rsjax.train.checkpoint import write_json_atomic
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / RUN_FILE
+        stored = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError) as e:
+        raise DataError(f"--out {out}: cannot use it as the output folder ({type(e).__name__}: {e}); "
+                        "pass a folder you can write to.") from e
+    if stored is not None and (diffs := differences(stored, identity)):
+        raise DataError(f"{out} holds a run of other settings or data ({'; '.join(diffs)}): writing into it "
+                        "would mix the two. Pass another --out, or delete that folder to start afresh.")
+    try:
+        write_json_atomic(path, identity)   # also a check, before any training, that the folder takes files
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write there ({type(e).__name__}: {e}); pass a folder you can "
+                        "write to.") from e
 
 
 def _write_seed(out: Path, scene: Scene, seed: int, r: dict) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_embed_parser(sub) -> None:
@@ -59,18 +60,21 @@ def cmd_train(args) -> int:
     from rsjax import configs
     from rsjax.embedding import EVALUATION_FILES, train_run
     from rsjax.metrics.retrieval import format_table, scalar_scores
+    from rsjax.data.scenes import dataset_key
     cfg = configs.get(args.method)
-    cfg.dataset = args.dataset
+    cfg.dataset = dataset_key(args.dataset)
     for key in ("epochs", "image_size", "batch_size", "lr", "sigma", "lam", "dim", "m", "seed", "pretrained", "dtype"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.m_schedule is not None:
         cfg.m_schedule_epochs, cfg.m_schedule_values = args.m_schedule
-    workdir = args.workdir or f"runs/{args.dataset.replace('/', '_').replace(':', '_')}_{args.method}_s{cfg.seed}"
+    name = args.dataset if cfg.dataset == args.dataset else Path(cfg.dataset).stem   # a path: its last part
+    workdir = args.workdir or f"runs/{name.replace('/', '_').replace(':', '_')}_{args.method}_s{cfg.seed}"
     results = train_run(cfg, workdir, progress=not args.quiet)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
-        print(f"wrote {workdir}/: checkpoints/, history.json, {', '.join(EVALUATION_FILES)}")
+        print(f"wrote {workdir}/: checkpoints/, history.json, "
+              f"{', '.join(f for f in EVALUATION_FILES if (Path(workdir) / f).exists())}")
     return 0
 
 
@@ -82,15 +86,17 @@ def cmd_evaluate(args) -> int:
     results = evaluate_run(ckpt, queries=args.queries, out_dir=out)   # the checkpoint named below, even if training writes a newer one
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
-        print(f"evaluated {ckpt}; wrote {out}/: {', '.join(EVALUATION_FILES)}")
+        print(f"evaluated {ckpt}; wrote {out}/: {', '.join(f for f in EVALUATION_FILES if (Path(out) / f).exists())}")
     return 0
 
 
 def cmd_retrieve(args) -> int:
-    from pathlib import Path
-
     from rsjax.embedding import retrieve
-    out = args.out or f"neighbours_{Path(args.image).stem}.png"
+    out = Path(args.out or f"neighbours_{Path(args.image).stem}.png")
+    if out.is_dir():
+        out = out / f"neighbours_{Path(args.image).stem}.png"
+    elif out.suffix.lower() != ".png":
+        out = out.with_name(out.name + ".png")       # the figure is a PNG whatever the name says
     found = retrieve(args.checkpoint, args.image, k=args.k, out_png=out)
     print(f"{'rank':>4}  {'cosine':<6}  {'class':<20} archive image")
     for rank, (name, cls, sim) in enumerate(found, start=1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from rsjax.data.paths import DataError
 from rsjax.data.scenes import SceneImages, load_scene_images, stratified_split
+from rsjax.metrics.retrieval import KS
 
 
 #: What an evaluation writes to its folder (:func:`evaluate_run` with ``out_dir``).
@@ -24,13 +26,31 @@ EVALUATION_FILES = ("results.json", "tsne.png", "similarity.png", "retrieval.png
 
 
 def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
-    """The dataset of ``cfg`` and its stratified train/val/test indices (deterministic per seed)."""
+    """The dataset of ``cfg`` and its stratified train/val/test indices (deterministic per seed).
+    A dataset other than the one a run was trained on (``cfg.data_sha1``, when set) is refused, as
+    is one too small for the evaluation."""
     data = load_scene_images(cfg.dataset)
+    _check_same_data(cfg.get("data_sha1", ""), data, cfg.dataset)
     train, val, test = stratified_split(data.labels, int(cfg.seed), tuple(cfg.split))
     if train.size < int(cfg.batch_size):
         raise DataError(f"{cfg.dataset}: the training split has {train.size} images, fewer than one batch of "
                         f"{cfg.batch_size}; lower --batch-size.")
+    k = max(*KS, int(cfg.knn_k))
+    if train.size < k or test.size < data.n_classes:
+        raise DataError(f"{cfg.dataset}: too small to evaluate: its training split has {train.size} images and its "
+                        f"test split {test.size}, but kNN needs at least {k} training images and k-means at least "
+                        f"one test image per class ({data.n_classes}); use a dataset with more images per class.")
     return data, {"train": train, "val": val, "test": test}
+
+
+def _check_same_data(stored_sha1: str, data: SceneImages, name: str) -> None:
+    """Refuse ``data`` when a run recorded another dataset's fingerprint (``stored_sha1``; "" for
+    runs made before rsjax recorded it)."""
+    if stored_sha1 and stored_sha1 != data.fingerprint():
+        raise DataError(f"{name}: its images or labels have changed since this run was trained on it (sha1 "
+                        f"{stored_sha1[:12]}... then, {data.fingerprint()[:12]}... now); the split, the memory bank and "
+                        "the scores would not match the training. Use the dataset the run was trained on, or train "
+                        "into another directory.")
 
 
 def _preprocess(cfg):
@@ -45,7 +65,11 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     from rsjax.data.augment import augment
     from rsjax.train.embed import build_model, knn_val_fn, train
     data, split = load_split(cfg)
+    stored = Path(workdir) / "config.json"
+    if stored.exists():                    # a run to resume: on the same data only
+        _check_same_data(json.loads(stored.read_text()).get("data_sha1", ""), data, cfg.dataset)
     cfg.num_classes = data.n_classes
+    cfg.data_sha1 = data.fingerprint()     # stored in config.json: resuming or evaluating checks it
     model = build_model(cfg, data.n_classes)
     pre = _preprocess(cfg)
     val_fn = knn_val_fn(model, data.images[split["val"]], data.labels[split["val"]], k=int(cfg.knn_k),
@@ -91,7 +115,11 @@ def load_run(path: str | Path) -> LoadedRun:
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     data, split = load_split(cfg)
     model = build_model(cfg, data.n_classes)
-    state = checkpoint.restore(ckpt)
+    try:
+        state = checkpoint.restore(ckpt)
+    except Exception as e:   # orbax's errors for a missing or damaged checkpoint vary
+        raise DataError(f"{ckpt}: cannot be restored ({type(e).__name__}: {str(e)[:200]}); it is incomplete or "
+                        "damaged: delete it, and the run's newest remaining checkpoint is used.") from e
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     return LoadedRun(cfg, model, variables, data, split, workdir, ckpt)
 
@@ -113,11 +141,7 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
     if queries is None:
         q_images, q_labels = data.images[split["test"]], data.labels[split["test"]]
     else:
-        q = load_scene_images(queries)
-        if q.class_names != data.class_names:
-            raise DataError(f"{queries}: its classes {q.class_names[:5]}... differ from the archive's "
-                            f"{data.class_names[:5]}...; queries must use the training classes.")
-        q_images, q_labels = q.images, q.labels
+        q_images, q_labels = _queries(queries, data, split["train"])
     q_emb = emb(q_images)
     results = evaluate_embeddings(archive, data.labels[split["train"]], q_emb, q_labels, data.n_classes,
                                   seed=int(cfg.seed), class_names=data.class_names, threads=1)
@@ -126,11 +150,35 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
     results.update(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"--out {out}: cannot make the folder for the results ({type(e).__name__}: {e}); "
+                            "pass a folder you can write to.") from e
         from rsjax.train.checkpoint import write_json_atomic
         write_json_atomic(out / "results.json", results)   # experiments take the file as a finished run's mark
         _figures(out, run, results, (q_images, q_emb, q_labels), archive)
     return results
+
+
+def _queries(queries: str, data: SceneImages, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels (as indices into the run's classes) of a query dataset whose classes
+    are all, or some, of the run's; a warning names queries whose file names are training images'."""
+    q = load_scene_images(queries)
+    unknown = [c for c in q.class_names if c not in data.class_names]
+    if unknown:
+        raise DataError(f"{queries}: class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                        f"{'are' if len(unknown) > 1 else 'is'} not among the run's {data.n_classes} classes "
+                        f"({', '.join(data.class_names)}); queries must come from those classes, named alike.")
+    labels = np.array([data.class_names.index(c) for c in q.class_names], np.int32)[q.labels]
+    if q.files is not None and data.files is not None:
+        archive = {Path(data.files[i]).name for i in train}
+        same = [f for f in q.files if Path(f).name in archive]
+        if same:
+            print(f"warning: {len(same)} of the {len(q)} queries have the file name of a training image "
+                  f"(e.g. {Path(same[0]).name}); if they are the same images, the scores overstate the model.",
+                  file=sys.stderr)
+    return q.images, labels
 
 
 def _figures(out: Path, run: LoadedRun, results: dict, queries: tuple, archive: np.ndarray) -> None:
@@ -156,17 +204,17 @@ def _figures(out: Path, run: LoadedRun, results: dict, queries: tuple, archive: 
 def retrieve(path: str | Path, image_path: str | Path, k: int = 5, out_png: str | Path | None = None):
     """The ``k`` training-archive images nearest to one image file: ``[(file, class, cosine)]``,
     and a PNG of the query with its neighbours; ``path``: a run directory or one of its checkpoints."""
-    from PIL import Image, UnidentifiedImageError
-
+    from rsjax.data.scenes import read_image
     from rsjax.metrics.retrieval import nearest_neighbors
     from rsjax.train.embed import embed
     run = load_run(path)
     cfg, model, variables, data, split = run.cfg, run.model, run.variables, run.data, run.split
-    try:
-        with Image.open(image_path) as img:
-            query = np.asarray(img.convert("RGB").resize(data.images.shape[1:3][::-1], Image.LANCZOS))[None]
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{image_path}: cannot read the image ({e}); pass a JPEG, PNG or TIFF file.") from e
+    if k > split["train"].size:
+        raise DataError(f"-k {k}: the run's archive (its training split) holds {split['train'].size} images; "
+                        "ask for that many or fewer.")
+    if not Path(image_path).is_file():
+        raise DataError(f"{image_path}: no such image file; pass a JPEG, PNG or TIFF file.")
+    query = read_image(Path(image_path), data.image_size)[None]
     pre = _preprocess(cfg)
     archive_images = data.images[split["train"]]
     archive = embed(model, variables, archive_images, batch_size=int(cfg.eval_batch_size), preprocess=pre)

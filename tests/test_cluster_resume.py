@@ -118,26 +118,45 @@ def test_finished_seeds_are_not_trained_again(tmp_path, scene, chunks, capsys):
     jax.tree.map(np.testing.assert_array_equal, before[2], after[2])
 
 
-def test_other_settings_train_afresh(tmp_path, scene, chunks, capsys):
-    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
-    cluster.run(scene, _cfg(lam=0.0), [0], out_dir=tmp_path / "b", progress=False)
-    chunks.update(n=0)
-    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)   # b held lambda 0
-    assert chunks["n"] == 3
-    assert "other settings" in capsys.readouterr().err
-    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_another_cube_trains_afresh(tmp_path, scene, chunks, capsys):
-    """The same settings on a changed cube (one value moved) do not resume the old checkpoint."""
+@pytest.mark.parametrize("change", ["settings", "cube", "method"])
+def test_a_folder_holding_another_run_is_refused_and_kept(tmp_path, scene, chunks, change):
+    """Other settings, another cube or another method into a folder that holds a run stop before any
+    training, naming the differences; the folder's files stay as they were."""
     from dataclasses import replace
-    cluster.run(scene, _cfg(), [0], out_dir=tmp_path, progress=False)
-    cube = scene.cube.copy()
-    cube[0, 0, 0] += 1.0
+    cluster.run(scene, _cfg(), [0, 1], out_dir=tmp_path, progress=False)
+    before = _files(tmp_path)
+    other, cfg = scene, _cfg()
+    if change == "settings":
+        cfg = _cfg(lam=0.0)
+        says = r"settings\.lam: 0\.1 -> 0\.0"
+    elif change == "cube":
+        cube = scene.cube.copy()
+        cube[0, 0, 0] += 1.0                                 # one value moved
+        other, says = replace(scene, cube=cube), r"cube_sha1: '[0-9a-f]+' -> '[0-9a-f]+'"
+    else:
+        cfg, says = _cfg(method="kmeans"), r"settings\.method: 'ms2anet' -> 'kmeans'"
     chunks.update(n=0)
-    capsys.readouterr()
-    cluster.run(replace(scene, cube=cube), _cfg(), [0], out_dir=tmp_path, progress=False)
-    assert chunks["n"] == 3 and "other settings or data" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=says + r".*another --out, or delete that folder"):
+        cluster.run(other, cfg, [0], out_dir=tmp_path, progress=False)
+    assert chunks["n"] == 0 and _files(tmp_path) == before
+
+
+def test_a_checkpoint_of_another_training_is_refused_and_kept(tmp_path, scene, chunks):
+    """The same check one level down, for callers of ``fit``: a seed's checkpoint of another
+    training is neither resumed nor replaced."""
+    cube01 = minmax_scale(scene.cube)
+    hsi.fit(_cfg(), cube01, 0, progress=False, checkpoint=tmp_path / "ckpt")
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"holds another training \(config\.lr: 0\.001 -> 0\.01\).*delete it"):
+        hsi.fit(_cfg(lr=0.01), cube01, 0, progress=False, checkpoint=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"holds another training \(seed: 0 -> 1\)"):
+        hsi.fit(_cfg(), cube01, 1, progress=False, checkpoint=tmp_path / "ckpt")
+    assert _files(tmp_path) == before
+    hsi.fit(_cfg(seeds=(5,), kmeans_seed=3), cube01, 0, progress=False, checkpoint=tmp_path / "ckpt")  # no effect on training
 
 
 def test_unreadable_sidecar_trains_afresh(tmp_path, scene, chunks, capsys):

@@ -82,8 +82,13 @@ def _scene(cube, gt):
 def test_validation_errors():
     cube, gt = _cube()
     gt = np.where(gt > 0, 1, 0).astype(np.int32)
+    with pytest.raises(DataError, match="one class only.*2 or more labels"):
+        validate(_scene(cube, gt))
+    gt[0, 0] = 2
     with pytest.raises(DataError, match="does not match"):
         validate(_scene(cube, gt[:-1]))
+    with pytest.raises(DataError, match=r"looks bands-first \(D x H x W\)"):
+        validate(_scene(np.moveaxis(cube, -1, 0).copy(), gt))
     bad = cube.copy(); bad[0, 0, 1] = np.nan
     with pytest.raises(DataError, match="NaN or Inf"):
         validate(_scene(bad, gt))
@@ -153,3 +158,67 @@ def test_data_errors_name_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "data_dir", lambda required=True: None)
     with pytest.raises(DataError, match="set RSJAX_DATA to the folder that holds indian_pines_subset/"):
         load_scene("indian-pines-subset")
+
+
+def test_a_container_with_several_arrays_names_them_and_takes_file_colon_key(tmp_path):
+    """A file holding several candidate arrays is refused, naming them; ``file.mat:KEY`` picks one
+    (the case of Samson.mat, whose only 3-D array is the abundances, is the registry's to read)."""
+    cube, gt = _cube()
+    scipy.io.savemat(tmp_path / "two.mat", {"cube": cube, "other": cube[:3]})
+    np.save(tmp_path / "gt.npy", gt)
+    with pytest.raises(DataError, match=r"holds 2 numeric 3-D arrays \(cube \(6, 5, 4\), other \(3, 5, 4\)\).*two\.mat:KEY"):
+        load_scene(cube=tmp_path / "two.mat", gt=tmp_path / "gt.npy")
+    scene = load_scene(cube=f"{tmp_path / 'two.mat'}:cube", gt=tmp_path / "gt.npy")
+    np.testing.assert_array_equal(scene.cube, cube)
+    assert scene.name == "two"
+    with pytest.raises(DataError, match=r"no array named 'nope'; it holds cube \(6, 5, 4\)"):
+        read_array(f"{tmp_path / 'two.mat'}:nope", ndim=3)
+    with pytest.raises(DataError, match=r"array 'cube' has shape \(6, 5, 4\), not 2-D"):
+        read_array(tmp_path / "two.mat", "cube", ndim=2)
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 5), (7, 1, 5), (6, 5, 1)])
+def test_thin_scenes_and_one_band_cubes_are_read_as_they_are(tmp_path, shape):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "c.npy", rng.uniform(0, 1, shape).astype(np.float32))
+    np.save(tmp_path / "g.npy", (np.arange(shape[0] * shape[1]) % 2 + 1).reshape(shape[:2]))
+    scene = load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.npy")
+    assert scene.cube.shape == shape and scene.gt.shape == shape[:2]
+
+
+def test_ground_truth_values_and_class_names_are_checked(tmp_path):
+    cube, gt = _cube()
+    np.save(tmp_path / "c.npy", cube)
+    for values, match in ((np.where(gt > 2, -1, gt.astype(np.int16)), r"negative values \(-1\)"),
+                          (np.where(gt > 2, np.nan, gt.astype(float)), "holds NaN or Inf")):
+        np.save(tmp_path / "g.npy", values)
+        with pytest.raises(DataError, match=match):
+            load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.npy")
+    np.save(tmp_path / "g.npy", gt)
+    n = len(np.unique(gt[gt > 0]))
+    for names in (["a"] * n, ["a", ""] + ["x"] * (n - 2)):
+        with pytest.raises(DataError, match="non-empty and different"):
+            load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.npy", class_names=names)
+    with pytest.raises(DataError, match="did you mean 'indian-pines-subset'"):
+        load_scene("indian_pines_subset")
+
+
+def test_headerless_hdf5_mat_is_read_with_h5py(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    cube, _ = _cube()
+    with h5py.File(tmp_path / "c.mat", "w") as f:          # no MATLAB header: scipy cannot tell its version
+        f["HSI"] = cube.T
+    np.testing.assert_array_equal(read_array(tmp_path / "c.mat", "HSI")[0], cube)
+
+
+def test_geotiff_nodata_pixels_are_refused(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+    cube, gt = _cube()
+    cube[0, :2] = -9999.0
+    with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", width=5, height=6, count=4, dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(0, 0, 1, 1), nodata=-9999.0) as dst:
+        dst.write(np.moveaxis(cube, -1, 0))
+    np.save(tmp_path / "gt.npy", gt)
+    with pytest.raises(DataError, match="2 pixels hold the GeoTIFF's nodata value -9999"):
+        load_scene(cube=tmp_path / "c.tif", gt=tmp_path / "gt.npy")

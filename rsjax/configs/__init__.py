@@ -1,5 +1,6 @@
 """One ``get_config()`` per method; ``rsjax.configs.get(name)`` returns a fresh ConfigDict."""
 import importlib
+from collections.abc import Mapping
 
 
 def get(name: str):
@@ -20,3 +21,18 @@ def parse_m_schedule(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
     if list(epochs) != sorted(set(epochs)) or min(epochs) < 0 or not all(0 <= v <= 1 for v in values):
         raise ValueError(f"a bank momentum schedule has increasing epochs of 0 or more and momenta in [0, 1]; got {text!r}")
     return epochs, values
+
+
+def differences(stored: Mapping, wanted: Mapping, prefix: str = "") -> list[str]:
+    """``'key: stored -> wanted'`` for every key of ``wanted`` whose value ``stored`` holds
+    otherwise (nested mappings compared key by key, as ``parent.key``; keys ``stored`` lacks,
+    written before they existed, are not compared)."""
+    out = []
+    for k, v in wanted.items():
+        if k not in stored:
+            continue
+        if isinstance(v, Mapping) and isinstance(stored[k], Mapping):
+            out += differences(stored[k], v, f"{prefix}{k}.")
+        elif stored[k] != v:
+            out.append(f"{prefix}{k}: {stored[k]!r} -> {v!r}")
+    return out

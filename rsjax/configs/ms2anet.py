@@ -1,4 +1,6 @@
 """MS2A-Net on one hyperspectral scene, paper defaults (REFERENCE_NOTES.md)."""
+import json
+
 import ml_collections
 
 
@@ -23,3 +25,22 @@ def get_config():
     c.seeds = (0,)
     c.kmeans_seed = 0             # scikit-learn KMeans random_state, as in the authors' code
     return c
+
+
+# The fields that shape each method's training (the rest: which scene, which seeds, and k-means).
+TRAINING_FIELDS = {
+    "ms2anet": ("iters", "chunk", "lr", "lam", "d1", "d2", "d3", "dilations", "kernel_size", "ablation",
+                "spf_odd", "dtype", "keep"),
+    "ae": ("iters", "chunk", "lr", "latent", "keep"),
+    "cae": ("iters", "chunk", "lr", "latent", "keep"),
+    "kmeans": (),
+}
+
+
+def training_settings(cfg) -> dict:
+    """``cfg.method`` and the :data:`TRAINING_FIELDS` that act for it, as JSON values (tuples as
+    lists), so that settings stored with a run compare equal to the same settings asked again."""
+    fields = TRAINING_FIELDS.get(cfg.method)
+    if fields is None:
+        raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(TRAINING_FIELDS)}.")
+    return json.loads(json.dumps({"method": cfg.method, **{k: cfg[k] for k in fields}}, default=list))

@@ -12,6 +12,7 @@ def get_config():
     c.method = "snca-ce-mb"       # snca-ce-mb | snca-ce-mu | snca-mb | snca-mu | dcnn | triplet | ce
     c.dataset = "uc_merced"       # a name or path rsjax.data.scenes.load_scene_images understands
     c.split = (0.7, 0.1, 0.2)     # train / val / test
+    c.data_sha1 = ""              # set when rsjax.embedding trains: SceneImages.fingerprint() of the dataset
     c.seed = 0                    # parameters, bank, batch order and augmentation all derive from it
 
     # Model: ResNet18 (ImageNet layout) + FC1 512 -> D (+ FC2 D -> C for the CE methods).

@@ -33,10 +33,12 @@ class Scene:
 
 def _read_mat(path: Path) -> dict[str, np.ndarray]:
     import scipy.io
+    import h5py
     try:
         raw = scipy.io.loadmat(path)
-    except NotImplementedError:  # MATLAB v7.3 is HDF5
-        import h5py
+    except (NotImplementedError, ValueError):  # MATLAB v7.3 is HDF5 (also without MATLAB's header)
+        if not h5py.is_hdf5(path):
+            raise
         with h5py.File(path, "r") as f:
             # h5py sees MATLAB arrays with their axes reversed.
             return {k: np.asarray(v).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
@@ -65,10 +67,15 @@ def _read_geotiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 def read_array(path: str | Path, key: str | None = None, ndim: int | None = None) -> tuple[np.ndarray, dict | None]:
     """Read one array from ``.mat``, ``.npy``, ``.npz``, ENVI ``.hdr`` or GeoTIFF.
 
-    For containers with several arrays, ``key`` picks one; without it the largest array
-    with ``ndim`` dimensions is taken. Returns the array and a georeference (GeoTIFF only).
+    For containers with several arrays, ``key`` picks one (or the path names it: ``file.mat:KEY``);
+    without it the one numeric array with ``ndim`` dimensions is taken (an ``ndim = 2`` ground truth
+    may carry a trailing axis of 1), and several such arrays are an error naming them. Returns the
+    array and a georeference (GeoTIFF only).
     """
     path = Path(path)
+    if key is None and not path.exists() and ":" in path.name:     # file.mat:KEY
+        name, _, key = path.name.rpartition(":")
+        path = path.with_name(name)
     if not path.exists():
         raise DataError(f"{path}: no such file; check the path.")
     suffix = path.suffix.lower()
@@ -92,19 +99,28 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
         raise
     except Exception as e:  # corrupt or unreadable files
         raise DataError(f"{path}: cannot read the file ({type(e).__name__}: {e}); check that it is a valid {suffix} file.") from e
+    def fit(v):          # v with ndim dimensions, or None
+        v = np.asarray(v)
+        if ndim == 2 and v.ndim == 3 and v.shape[-1] == 1:
+            v = v[..., 0]
+        return v if ndim is None or v.ndim == ndim else None
+
+    held = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items())
+    shapes = "a cube must be H x W x D (rows, columns, bands) and a ground truth H x W"
     if key is not None:
         if key not in arrays:
-            raise DataError(f"{path}: no array named {key!r}; it holds {sorted(arrays)}.")
-        return np.asarray(arrays[key]), georef
-    candidates = {k: np.asarray(v) for k, v in arrays.items()
-                  if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and (ndim is None or np.squeeze(v).ndim == ndim)}
+            raise DataError(f"{path}: no array named {key!r}; it holds {held}.")
+        if fit(arrays[key]) is None:
+            raise DataError(f"{path}: array {key!r} has shape {np.shape(arrays[key])}, not {ndim}-D; {shapes}.")
+        return fit(arrays[key]), georef
+    candidates = {k: fit(v) for k, v in arrays.items()
+                  if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and fit(v) is not None}
     if not candidates:
-        held = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items())
-        raise DataError(f"{path}: no numeric {ndim or ''}-D array inside (it holds {held}); a cube must be "
-                        "H x W x D (rows, columns, bands) and a ground truth H x W.")
-    k = max(candidates, key=lambda k: candidates[k].size)
-    arr = candidates[k]
-    return (np.squeeze(arr) if ndim is not None else arr), georef
+        raise DataError(f"{path}: no numeric {ndim or ''}-D array inside (it holds {held}); {shapes}.")
+    if len(candidates) > 1:
+        raise DataError(f"{path}: holds {len(candidates)} numeric {ndim or ''}-D arrays ({held}); name the one "
+                        f"to use as {path}:KEY, for example {path}:{next(iter(candidates))}.")
+    return next(iter(candidates.values())), georef
 
 
 # ----------------------------------------------------------------------------- validation
@@ -116,8 +132,10 @@ def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
     if cube.ndim != 3:
         raise DataError(f"{where}: the cube must be H x W x D, got shape {cube.shape}.")
     if gt.shape != cube.shape[:2]:
+        hint = (" The cube looks bands-first (D x H x W): move its bands last, e.g. numpy.moveaxis(cube, 0, -1)."
+                if gt.shape == cube.shape[1:] else "")
         raise DataError(f"{where}: the ground truth's shape {gt.shape} does not match the cube's spatial shape "
-                        f"{cube.shape[:2]}; pass the ground truth that belongs to this cube.")
+                        f"{cube.shape[:2]}; pass the ground truth that belongs to this cube.{hint}")
     bad = ~np.isfinite(cube)
     if bad.any():
         n = int(bad.sum())
@@ -131,6 +149,9 @@ def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
                         "drop the constant bands from the cube and pass it again.")
     if not (gt > 0).any():
         raise DataError(f"{where}: the ground truth has no labeled pixels (all 0); metrics need labels 1..C.")
+    if np.unique(gt[gt > 0]).size < 2:
+        raise DataError(f"{where}: the ground truth has one class only; clustering metrics (Kappa, NMI) need two "
+                        "or more: pass a ground truth with 2 or more labels.")
     if n_clusters is not None and n_clusters > gt.size:
         raise DataError(f"{where}: {n_clusters} clusters requested but the scene has only {gt.size} pixels; "
                         "ask for fewer clusters.")
@@ -217,18 +238,31 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
             raise DataError("pass both --cube and --gt (the ground truth is needed for the metrics).")
         x, georef = read_array(cube, ndim=3)
         y, _ = read_array(gt, ndim=2)
+        if georef is not None and georef.get("nodata") is not None and (x == georef["nodata"]).any():
+            n = int((x == georef["nodata"]).any(-1).sum())
+            raise DataError(f"{cube}: {n} pixels hold the GeoTIFF's nodata value {georef['nodata']}; the whole scene "
+                            "is trained on, so crop the scene to its valid pixels or fill them first.")
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            raise DataError(f"{gt}: the ground truth holds NaN or Inf; use 0 for unlabeled pixels, 1..C for classes.")
         if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
             raise DataError(f"{gt}: ground truth must hold integer class labels (0 = unlabeled).")
+        if y.dtype.kind in "if" and (y < 0).any():
+            raise DataError(f"{gt}: the ground truth holds negative values ({int(y.min())}); use 0 for unlabeled "
+                            "pixels and 1..C for classes.")
         y = y.astype(np.int64)
         values = sorted(int(v) for v in np.unique(y) if v > 0)
         if class_names is not None and len(class_names) != len(values):
             raise DataError(f"{gt}: {len(values)} labels ({', '.join(map(str, values[:10]))}) but {len(class_names)} "
                             "class names; pass one name per label, in ascending label order.")
+        if class_names is not None and (any(not n.strip() for n in class_names) or len(set(class_names)) < len(values)):
+            raise DataError(f"class names {list(class_names)}: each must be non-empty and different from the others.")
         names = list(class_names) if class_names is not None else [f"class {v}" for v in values]
         scene = Scene(Path(cube).stem, x.astype(np.float32), _relabel(y, values), names, georef,
                       source=f"{cube} (ground truth {gt})")
         return scene
     name = name or "salinas-a"
     if name not in REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)} (or pass --cube and --gt).")
+        alike = name.lower().replace("_", "-").replace(" ", "-")
+        hint = f"did you mean {alike!r}? " if alike in REGISTRY else ""
+        raise DataError(f"unknown dataset {name!r}; {hint}known: {', '.join(REGISTRY)} (or pass --cube and --gt).")
     return REGISTRY[name]()

@@ -84,6 +84,14 @@ class SceneImages:
         """(H, W) of the images."""
         return int(self.images.shape[1]), int(self.images.shape[2])
 
+    def fingerprint(self) -> str:
+        """sha1 of the images, labels and class names: whether two loads hold the same dataset."""
+        import hashlib
+        h = hashlib.sha1(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update("\n".join(self.class_names).encode())
+        return h.hexdigest()
+
     def subset(self, idx: np.ndarray) -> "SceneImages":
         """The images at ``idx`` (class names kept, so labels keep their meaning)."""
         idx = np.asarray(idx)
@@ -93,17 +101,30 @@ class SceneImages:
 
 # ----------------------------------------------------------------------------- image IO
 
-def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+def read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """One image as RGB uint8, resized with Pillow (LANCZOS) to ``size`` = (H, W) when given."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.LANCZOS)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read this image ({e}); remove or replace the file.") from e
+        raise DataError(f"{path}: cannot read the image ({e}); replace it with a JPEG, PNG or TIFF that opens, or remove it.") from e
+
+
+def _to_rgb(im):
+    """A Pillow image as 8-bit RGB. Single-band 16-bit, 32-bit and float images ("I;16", "I",
+    "F") are scaled by their maximum to 0-255 (Pillow's own conversion clips them at 255, which
+    turns most of a 16-bit image white)."""
+    from PIL import Image
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = a.max()
+        a = a * (255.0 / top) if top > 0 else a
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
@@ -112,7 +133,7 @@ def _image_shape(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read this image ({e}); remove or replace the file.") from e
+        raise DataError(f"{path}: cannot read the image ({e}); replace it with a JPEG, PNG or TIFF that opens, or remove it.") from e
 
 
 def _resize_array(images: np.ndarray, size: int) -> np.ndarray:
@@ -154,7 +175,7 @@ def load_folder(root: str | Path, size: int | None = None, workers: int = 4) -> 
             shapes = list(pool.map(_image_shape, files))
         target = collections.Counter(shapes).most_common(1)[0][0]
     with ThreadPoolExecutor(workers) as pool:
-        images = list(pool.map(lambda p: _read_image(p, target), files))
+        images = list(pool.map(lambda p: read_image(p, target), files))
     return SceneImages(np.stack(images), np.asarray(labels, np.int32), [d.name for d in class_dirs],
                        [str(p.relative_to(root)) for p in files])
 
@@ -244,6 +265,17 @@ def load_tfds(builder: str, size: int | None = None, manual_dir: str | Path | No
 
 
 # ----------------------------------------------------------------------------- entry point
+
+def dataset_key(name_or_path: str | Path) -> str:
+    """How a run records its dataset: a name :func:`load_scene_images` knows as it is, a path made
+    absolute (so that the run's directory can be evaluated or resumed from anywhere)."""
+    key = str(name_or_path)
+    if not key.strip():
+        raise DataError("the dataset is empty: pass a dataset name (ucmerced, rsscn7, ...), an .npz file or a folder.")
+    if key in NPZ_DATASETS or key in FOLDER_DATASETS or key.startswith("tfds:") or key in TFDS_BUILDERS:
+        return key
+    return str(Path(key).expanduser().resolve())
+
 
 def load_scene_images(name_or_path: str | Path, size: int | None = None, *,
                       manual_dir: str | Path | None = None) -> SceneImages:

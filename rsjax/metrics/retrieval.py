@@ -35,6 +35,9 @@ from rsjax.metrics.clustering import clustering_scores, kmeans
 DEFAULT_RECALL_LEVELS = np.linspace(0.0, 1.0, 11)
 
 
+
+KS = (1, 5, 10)   # the K of kNN classification and Recall@K (the paper's)
+
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero)."""
     x = np.asarray(x, np.float64)
@@ -54,7 +57,7 @@ def _check(emb: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.nd
 # ----------------------------------------------------------------------------- kNN and k-means
 
 def knn_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
-               ks: Sequence[int] = (1, 5, 10), n_classes: int | None = None) -> dict[int, dict]:
+               ks: Sequence[int] = KS, n_classes: int | None = None) -> dict[int, dict]:
     """kNN classification of ``test_emb`` by scikit-learn's ``KNeighborsClassifier(n_neighbors=K,
     weights='distance')`` fitted on ``train_emb`` (Euclidean distance, as scikit-learn's default).
 
@@ -117,7 +120,7 @@ def _relevance(query_emb, query_y, archive_emb, archive_y, exclude_self: bool, c
 
 
 def retrieval_scores(query_emb: np.ndarray, query_y: np.ndarray, archive_emb: np.ndarray, archive_y: np.ndarray,
-                     ks: Sequence[int] = (1, 5, 10), recall_levels: Sequence[float] | None = None,
+                     ks: Sequence[int] = KS, recall_levels: Sequence[float] | None = None,
                      interpolated: bool = True, exclude_self: bool = False, chunk: int = 1024) -> dict:
     """Cosine-similarity retrieval of the archive by each query (see the module docstring).
 
@@ -180,7 +183,7 @@ def retrieval_scores(query_emb: np.ndarray, query_y: np.ndarray, archive_emb: np
 # ----------------------------------------------------------------------------- the SNCA-CE table
 
 def evaluate_embeddings(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
-                        n_classes: int, ks: Sequence[int] = (1, 5, 10), seed: int = 0, *,
+                        n_classes: int, ks: Sequence[int] = KS, seed: int = 0, *,
                         class_names: Sequence[str] | None = None, normalize: bool = True,
                         recall_levels: Sequence[float] | None = None, threads: int | None = None) -> dict:
     """The SNCA-CE evaluation: kNN (train -> test), k-means on test, test-queries-train retrieval.
@@ -191,7 +194,7 @@ def evaluate_embeddings(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np
     Returns a flat, JSON-ready dict; every score is a percentage:
 
     * ``knn_oa@K``, ``knn_f1@K`` (macro F1) for each K in ``ks``;
-    * ``kmeans_nmi``, ``kmeans_acc``;
+    * ``kmeans_nmi``, ``kmeans_acc`` (k-means on the test embeddings, k = the classes among them);
     * ``map``, ``map@r``, ``r_precision``, ``p@1``, ``recall@K`` for each K;
     * ``n_train``, ``n_test``, ``n_queries`` (queries used by retrieval);
     * ``per_class_f1``: ``{str(K): {class name: F1 %}}``;
@@ -208,7 +211,7 @@ def evaluate_embeddings(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np
     out: dict = {}
     with threadpool_limits(limits=threads, user_api="openmp"):
         knn = knn_scores(train_emb, train_y, test_emb, test_y, ks=ks, n_classes=n_classes)
-        km = kmeans_scores(test_emb, test_y, n_classes, seed=seed)
+        km = kmeans_scores(test_emb, test_y, np.unique(test_y).size, seed=seed)   # k: the classes clustered
     for k in ks:
         out[f"knn_oa@{k}"] = 100.0 * knn[k]["oa"]
         out[f"knn_f1@{k}"] = 100.0 * knn[k]["f1_macro"]

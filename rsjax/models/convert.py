@@ -18,11 +18,14 @@ running_mean, running_var`` -> params ``scale, bias`` and batch_stats ``mean, va
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+from rsjax.data.paths import DataError
 
 _AUTHORS_PREFIX = {"encoder.0.": "conv1.", "encoder.1.": "bn1.", "encoder.4.": "layer1.",
                    "encoder.5.": "layer2.", "encoder.6.": "layer3.", "encoder.7.": "layer4.",
@@ -102,7 +105,11 @@ def load_torch_state_dict(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # not a torch file, or one holding more than tensors
+        raise DataError(f"{path}: not a PyTorch state_dict rsjax can read ({type(e).__name__}: {str(e)[:200]}); "
+                        "save the ResNet18's weights with torch.save(model.state_dict(), path).") from e
     for k in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and k in obj and isinstance(obj[k], Mapping):
             obj = obj[k]
@@ -114,11 +121,16 @@ def load_pretrained(variables: Mapping[str, Any], weights: str | Path | Mapping[
     """``variables`` (from ``model.init``) with every entry found in ``weights`` replaced.
 
     ``weights`` is a ``.pth`` path or a ``state_dict``. Entries absent from the weights (the
-    FC1/FC2 heads of an ImageNet checkpoint) keep their initial values. A converted array whose
-    module does not exist in the model, or whose shape differs, raises ``ValueError``.
+    FC1/FC2 heads of an ImageNet checkpoint) keep their initial values, and so does FC2 when the
+    weights classify another number of classes. A converted array whose module does not exist in
+    the model, or whose shape differs otherwise, raises :class:`DataError`.
     """
+    where = f"{weights}: " if isinstance(weights, (str, Path)) else "pretrained weights: "
     sd = load_torch_state_dict(weights) if isinstance(weights, (str, Path)) else weights
-    converted = torch_resnet_to_flax(sd)
+    try:
+        converted = torch_resnet_to_flax(sd)
+    except KeyError as e:
+        raise DataError(f"{where}{e.args[0]}; pass the state_dict of a torchvision ResNet18.") from e
     result = jax.tree.map(np.asarray, {k: v for k, v in variables.items()})
     for collection, tree in converted.items():
         flat = _flatten(tree)
@@ -127,14 +139,18 @@ def load_pretrained(variables: Mapping[str, Any], weights: str | Path | Mapping[
             node = target
             for m in path[:-1]:
                 if not isinstance(node, Mapping) or m not in node:
-                    raise ValueError(f"{collection}/{'/'.join(path)}: the model has no such entry "
-                                     "(stage_sizes or num_filters differ from the weights?)")
+                    raise DataError(f"{where}{collection}/{'/'.join(path)}: the model has no such entry "
+                                    "(a ResNet other than ResNet18, or stage_sizes or num_filters differ?)")
                 node = node[m]
             if path[-1] not in node:
-                raise ValueError(f"{collection}/{'/'.join(path)}: the model has no such entry")
+                raise DataError(f"{where}{collection}/{'/'.join(path)}: the model has no such entry")
             if np.shape(node[path[-1]]) != arr.shape:
-                raise ValueError(f"{collection}/{'/'.join(path)}: shape {arr.shape} in the weights, "
-                                 f"{np.shape(node[path[-1]])} in the model")
+                if path[0] == "fc2":    # the classifier of another label set: this one's starts afresh
+                    print(f"{where}FC2 classifies {arr.shape[-1]} classes, this model "
+                          f"{np.shape(node[path[-1]])[-1]}: FC2 keeps its initial values.", file=sys.stderr)
+                    continue
+                raise DataError(f"{where}{collection}/{'/'.join(path)}: shape {arr.shape} in the weights, "
+                                f"{np.shape(node[path[-1]])} in the model (another dim?)")
             node[path[-1]] = arr
     return result
 

@@ -1,6 +1,7 @@
 """Class maps for hyperspectral clustering: ground truth and clustering side by side, one palette."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +11,27 @@ from rsjax.metrics.clustering import hungarian_mapping
 from rsjax.plots.common import palette, plt, savefig
 
 
+def matched_map(gt: np.ndarray, clusters: np.ndarray, n_classes: int) -> np.ndarray:
+    """``clusters`` relabelled for display: a cluster the Hungarian assignment over labeled
+    pixels (``gt > 0``) matched to class k shows as k; every other cluster (left unmatched, or
+    lying only on unlabeled pixels) gets its own id after the classes, ``n_classes + 1, ...``."""
+    labeled = gt > 0
+    mapping = hungarian_mapping(gt[labeled], clusters[labeled]) if labeled.any() else {}
+    extra = itertools.count(n_classes + 1)
+    to_class = {k: (v if v > 0 else next(extra)) for k, v in mapping.items()}
+    for k in np.unique(clusters).tolist():              # clusters with no labeled pixel
+        if k not in to_class:
+            to_class[k] = next(extra)
+    return np.vectorize(to_class.get, otypes=[np.int64])(clusters)
+
+
 def class_map_figure(gt: np.ndarray, clusters: np.ndarray, class_names: list[str], path: str | Path,
                      title: str = "") -> Path:
     """Ground truth (0 = unlabeled, black) beside the cluster map, whose clusters take the colour
     of the class the Hungarian assignment (over labeled pixels) matched them to; clusters left
     unmatched get extra colours. A legend names the classes."""
     c = len(class_names)
-    labeled = gt > 0
-    mapping = hungarian_mapping(gt[labeled], clusters[labeled])
-    extra = iter(range(c + 1, c + 1 + len(mapping)))
-    to_class = {k: (v if v > 0 else next(extra)) for k, v in mapping.items()}
-    for k in np.unique(clusters):                      # clusters with no labeled pixel
-        to_class.setdefault(int(k), next(extra))
-    matched = np.vectorize(to_class.get, otypes=[np.int64])(clusters)
+    matched = matched_map(gt, clusters, c)
     colours = np.vstack([[0, 0, 0], palette(max(int(matched.max()), c))])
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.5))
     for ax, img, name in ((axes[0], gt, "ground truth"), (axes[1], matched, "clustering (matched)")):

@@ -376,14 +376,15 @@ def config_conflicts(stored: Mapping, cfg) -> list[str]:
     """``'field: stored -> requested'`` for every field of a run's stored ``config.json``, other than
     :data:`RESUMABLE_FIELDS`, in which ``cfg`` differs (an empty list: ``cfg`` continues that run);
     the bank-momentum schedules are compared as far as they act (:func:`_effective_schedule`).
-    Fields the stored config lacks (added to rsjax after the run was made) are not compared, nor is
-    a requested ``num_classes`` of 0 (taken from the data, as the stored one was)."""
+    Fields the stored config lacks (added to rsjax after the run was made) are not compared, nor are
+    a requested ``num_classes`` of 0 and ``data_sha1`` of "" (taken from the data, as the stored ones
+    were; :mod:`rsjax.embedding` compares the data itself)."""
     wanted = json.loads(cfg.to_json())
     stored = _effective_schedule(stored, cfg)
     wanted = _effective_schedule(wanted, cfg)
     return [f"{k}: {stored[k]!r} -> {wanted.get(k)!r}" for k in sorted(stored)
             if k not in RESUMABLE_FIELDS and stored[k] != wanted.get(k)
-            and not (k == "num_classes" and wanted.get(k) == 0)]
+            and not (k in ("num_classes", "data_sha1") and not wanted.get(k))]
 
 
 def _effective_schedule(c: Mapping, cfg) -> dict:
@@ -440,6 +441,10 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
     images, labels = _unpack_data(data)
     labels = labels.astype(np.int32)
     n, bs = images.shape[0], int(cfg.batch_size)
+    least = {"triplet": 3, "contrastive": 2}.get(method_spec(cfg.method).metric, 1)
+    if bs < least:          # its pairs or triplets come from within the batch: a smaller one has none
+        raise DataError(f"{cfg.method} forms its pairs or triplets within a batch, and a batch of {bs} has none; "
+                        f"use a batch size of {least} or more (in practice dozens).")
     steps_per_epoch = n // bs
     num_classes = int(cfg.num_classes) or int(labels.max()) + 1
     model = build_model(cfg, num_classes)

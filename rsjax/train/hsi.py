@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rsjax.configs import differences
+from rsjax.configs.ms2anet import training_settings
 from rsjax.data.paths import DataError
 from rsjax.models.autoencoders import AE, CAE
 from rsjax.models.layers import compute_dtype
@@ -35,7 +37,6 @@ from rsjax.train import apply_model   # x: the scene NHWC, or for MS2A-Net its P
 
 KEEP = ("updated", "evaluated")   # which parameters the lowest loss keeps (see train_step)
 CHECKPOINT_EVERY_S = 60.0         # fit(checkpoint=...) writes the state at most this often (and at the end)
-_NOT_FINGERPRINTED = ("dataset", "seeds", "kmeans_seed")   # config keys that do not change the training
 
 
 @flax.struct.dataclass
@@ -193,10 +194,9 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
 
 def _fingerprint(cfg, cube01: np.ndarray, seed: int) -> dict:
     """What makes two trainings the same: the settings that shape training, the seed and the cube."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
     cube = np.ascontiguousarray(cube01, np.float32)
-    return json.loads(json.dumps({"config": settings, "seed": int(seed), "cube_shape": list(cube.shape),
-                                  "cube_sha1": hashlib.sha1(cube.tobytes()).hexdigest()}, default=list))
+    return {"config": training_settings(cfg), "seed": int(seed), "cube_shape": list(cube.shape),
+            "cube_sha1": hashlib.sha1(cube.tobytes()).hexdigest()}
 
 
 def _sidecar(checkpoint: Path) -> Path:
@@ -214,21 +214,25 @@ def _save_progress(checkpoint: Path, fingerprint: dict, state: HSIState, losses:
 
 def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSIState, list, float]:
     """The saved state, its losses and time when ``checkpoint`` holds this training; else the fresh
-    ``state`` (and a checkpoint of other settings is deleted first, so it can never be resumed)."""
+    ``state``. A checkpoint of another training (other settings, seed or cube) is a
+    :class:`DataError` naming the differences, and stays as it is; one whose sidecar cannot be
+    read, so that nothing can be resumed from it, is deleted."""
     from rsjax.train.checkpoint import restore, settle
     side = _sidecar(checkpoint)
     meta = None
     if side.exists():
         try:
             meta = json.loads(side.read_text())
-            why = None if meta.get("fingerprint") == fingerprint else "trained with other settings or data"
-        except (ValueError, AttributeError):
-            why = f"{side.name} is unreadable"
-        if why is not None:
-            print(f"{checkpoint}: {why}; training afresh.", file=sys.stderr)
+            diffs = differences(meta["fingerprint"], fingerprint)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            print(f"{checkpoint}: {side.name} is unreadable; training afresh.", file=sys.stderr)
             shutil.rmtree(checkpoint, ignore_errors=True)
             side.unlink()
             meta = None
+        else:
+            if diffs:
+                raise DataError(f"{checkpoint} holds another training ({'; '.join(diffs)}); resuming it would mix "
+                                f"the two: write to another --out, or delete it and {side.name} to train afresh.")
     if meta is None or not settle(checkpoint):
         return state, [], 0.0
     try:
