@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import SCORE_COLUMNS, cached_run, command_line, oa_line, score_cells
+from experiments.common import SCORE_COLUMNS, cached_run, command_line, name_list, oa_line, score_cells
 from rsjax import configs
-from rsjax.data.hsi import load_scene
+from rsjax.cli import positive_int
+from rsjax.data.hsi import REGISTRY, load_scene
 
 STUDIES = {  # study -> (config key, values, label)
     "lambda": ("lam", (0.0, 1e-4, 1e-3, 1e-2, 0.1), "lambda (Fig. 12)"),
@@ -70,10 +71,10 @@ def table_v(bands_by_scene: dict[str, int]) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", default="salinas-a")
+    ap.add_argument("--scenes", type=name_list(REGISTRY), default=["salinas-a"], help="comma-separated registered scenes")
     ap.add_argument("--studies", default="lambda,streams", help=f"any of {', '.join(STUDIES)}, or none")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=800)
+    ap.add_argument("--seeds", type=positive_int, default=3, help="seeds 0 .. N-1 (default 3)")
+    ap.add_argument("--iters", type=positive_int, default=800, help="training iterations (default 800)")
     ap.add_argument("--out", default="results/ablation")
     args = ap.parse_args(argv)
     args.command = command_line("experiments.ablation_ms2anet", ap, args, shown=("scenes", "studies", "seeds", "iters"))
@@ -83,7 +84,7 @@ def main(argv=None):
         ap.error(f"unknown studies {unknown}; use any of {', '.join(STUDIES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scenes = {name: load_scene(name) for name in args.scenes.split(",")}
+    scenes = {name: load_scene(name) for name in args.scenes}
 
     params = table_v({**PAPER_BANDS, **{name: s.cube.shape[-1] for name, s in scenes.items()}})
     results: dict[tuple[str, str], list] = {}

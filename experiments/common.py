@@ -26,6 +26,18 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores (host {platform.node()}){accel}"
 
 
+def name_list(allowed) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names, each one of ``allowed``."""
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: not "
+                                             f"{'one' if len(unknown) < 2 else 'among'} of {', '.join(allowed)}")
+        return names
+    return parse
+
+
 def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
     """``compute()``, written to ``path`` with the machine and the wall time, or read back from
     ``path`` when it holds a result of the same ``settings`` (keys of the result; nested dicts
@@ -80,6 +92,8 @@ def command_line(module: str, parser: argparse.ArgumentParser, args: argparse.Na
         if dest not in shown and value == parser.get_default(dest):
             continue
         flag = "--" + dest.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
         if value is True:
             parts.append(flag)
         elif value is not False and value is not None:

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import cached, command_line
+from experiments.common import cached, command_line, name_list
 from experiments.table_clustering import REFERENCE_OA
-from rsjax.data.hsi import load_scene, minmax_scale
+from rsjax.cli import positive_int
+from rsjax.data.hsi import REGISTRY, load_scene, minmax_scale
 from rsjax.metrics.clustering import clustering_scores, kmeans, summarize
 
 
@@ -74,9 +75,9 @@ def run_scene(name: str, seeds: list[int], iters: int, spf_odd: str) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", default=",".join(REFERENCE_OA))
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=800)
+    ap.add_argument("--scenes", type=name_list(REGISTRY), default=list(REFERENCE_OA), help="comma-separated registered scenes")
+    ap.add_argument("--seeds", type=positive_int, default=5, help="seeds 0 .. N-1 (default 5)")
+    ap.add_argument("--iters", type=positive_int, default=800, help="training iterations (default 800)")
     ap.add_argument("--spf-odd", default="crop", choices=("crop", "resize"))
     ap.add_argument("--out", default="results/reference_torch")
     args = ap.parse_args(argv)
@@ -85,7 +86,7 @@ def main(argv=None):
     command = command_line("experiments.reference_torch", ap, args, shown=("seeds", "iters", "spf_odd"))
     lines = [f"PyTorch eager, the reference math (`{command}`); mean +/- std over seeds, OA per seed.", "",
              "| scene | OA | per seed | NMI | ARI | issue #2 reference (3 seeds) |", "|---|---|---|---|---|---|"]
-    for name in args.scenes.split(","):
+    for name in args.scenes:
         seeds = list(range(args.seeds))
         result, _ = cached(out / f"{name}.json", {"seeds": seeds, "iters": args.iters, "spf_odd": args.spf_odd},
                            lambda: run_scene(name, seeds, args.iters, args.spf_odd))

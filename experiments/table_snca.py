@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import command_line, machine
+from experiments.common import command_line, machine, name_list
 from rsjax import configs
+from rsjax.cli import positive_float, positive_int
 from rsjax.configs import parse_m_schedule
 from rsjax.data.paths import DataError
 from rsjax.embedding import train_run
@@ -36,12 +37,12 @@ COLUMNS = ("knn_oa@1", "knn_oa@5", "knn_oa@10", "kmeans_nmi", "kmeans_acc", "map
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ucmerced")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=configs.get(METHODS[0]).lr,
+    ap.add_argument("--methods", type=name_list(METHODS), default=list(METHODS), help="comma-separated methods")
+    ap.add_argument("--seeds", type=positive_int, default=3, help="seeds 0 .. N-1 (default 3)")
+    ap.add_argument("--epochs", type=positive_int, default=30)
+    ap.add_argument("--image-size", type=positive_int, default=64)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--lr", type=positive_float, default=configs.get(METHODS[0]).lr,
                     help="SGD learning rate (default: the paper's, as in rsjax/configs)")
     ap.add_argument("--m-schedule", default="none",
                     help="MB bank momentum schedule, EPOCH:M pairs (the authors' code: 80:0.8,120:0.9); "
@@ -60,7 +61,7 @@ def main(argv=None):
     out = Path(args.out)
     rows: dict[str, list[dict]] = {}
     histories, curves = {}, {}
-    for method in args.methods.split(","):
+    for method in args.methods:
         for seed in range(args.seeds):
             cfg = configs.get(method)
             cfg.dataset, cfg.seed, cfg.epochs = args.dataset, seed, args.epochs

@@ -14,20 +14,21 @@ def add_embed_parser(sub) -> None:
 
     t = esub.add_parser("train", help="train a method on a scene dataset, then evaluate it on the test split")
     t.add_argument("--dataset", default="ucmerced",
-                   help="ucmerced, rsscn7, ucmerced_subset, tfds:<builder>, an .npz or a folder of class folders")
+                   help="ucmerced, rsscn7 (the 128 px arrays), ucmerced_subset, rsscn7_subset, tfds:<builder>, "
+                        "an .npz or a folder of class folders (default ucmerced)")
     t.add_argument("--method", choices=METHODS, default="snca-ce-mb")
     t.add_argument("--workdir", default=None, help="run directory (default runs/<dataset>_<method>_s<seed>); "
                    "an existing run there is resumed")
-    for name, typ, help_ in (("epochs", positive_int, "epochs (paper 100)"),
-                             ("image-size", positive_int, "training resolution (paper 256)"),
-                             ("batch-size", positive_int, "batch size (paper 256)"),
-                             ("lr", positive_float, "SGD learning rate (paper 0.01)"),
-                             ("sigma", positive_float, "SNCA temperature (paper 0.1)"),
-                             ("dim", positive_int, "embedding size D (128)"), ("m", fraction, "bank / EMA momentum"),
+    for name, typ, help_ in (("epochs", positive_int, "epochs (default 100, the paper's)"),
+                             ("image-size", positive_int, "training resolution; images are resized to it (default 256, the paper's)"),
+                             ("batch-size", positive_int, "batch size (default 256, the paper's)"),
+                             ("lr", positive_float, "SGD learning rate (default 0.01, the paper's)"),
+                             ("sigma", positive_float, "SNCA temperature (default 0.1, the paper's)"),
+                             ("dim", positive_int, "embedding size D (128)"), ("m", fraction, "MB bank momentum (default 0.5) or MU encoder EMA momentum (default 0.999)"),
                              ("seed", non_negative_int, "seed of split, init, batches and augmentation")):
         t.add_argument(f"--{name}", type=typ, default=None, help=help_)
     t.add_argument("--lambda", "--lam", dest="lam", type=non_negative_float, default=None,
-                   help="lambda of the metric term (paper 1)")
+                   help="lambda of the metric term (default 1, the paper's)")
     t.add_argument("--m-schedule", type=m_schedule, default=None,
                    help="MB bank momentum raised from these epochs on, EPOCH:M pairs (the authors' code: "
                         "80:0.8,120:0.9); default none, the paper's fixed m")

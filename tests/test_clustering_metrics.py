@@ -105,3 +105,7 @@ def test_kmeans_and_summary():
         kmeans(x, 21)
     s = summarize([{"OA": 1.0}, {"OA": 3.0}], keys=("OA",))
     assert s == {"OA": {"mean": 2.0, "std": 1.0}}
+    nmi = 0.1 + 0.2                                   # 0.30000000000000004: equal scores summed otherwise
+    noisy = summarize([{"NMI": nmi}, {"NMI": 0.3}], keys=("NMI",))["NMI"]
+    assert np.std([nmi, 0.3]) > 0 and noisy["std"] == 0.0
+    assert summarize([{"NMI": 0.3}, {"NMI": 0.3 + 1e-9}], keys=("NMI",))["NMI"]["std"] > 0

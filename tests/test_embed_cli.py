@@ -102,7 +102,8 @@ def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
     d = np.load(tiny_npz)
     np.savez(tmp_path / "other.npz", images=d["images"], labels=d["labels"], class_names=np.array(list("wxyz")))
     assert main(["embed", "evaluate", str(workdir), "--queries", str(tmp_path / "other.npz"), "--out", str(tmp_path)]) == 2
-    assert "differ from the archive's" in capsys.readouterr().err
+    assert ("classes w, x, y, z are not among the run's 4 classes (red, green, blue, yellow)"
+            in capsys.readouterr().err)
     # a training split smaller than one batch
     assert main(["embed", "train", "--dataset", str(tiny_npz), "--workdir", str(tmp_path / "w"), "--batch-size", "64",
                  "--quiet"]) == 2
@@ -120,3 +121,86 @@ def test_errors_name_the_problem(trained_run, tiny_npz, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["embed", *argv])
         assert says in capsys.readouterr().err, argv
+
+
+def test_queries_of_some_classes_are_scored_against_the_run_s_labels(trained_run, tiny_npz, tmp_path, capsys):
+    """A query set holding two of the four classes, its own label numbering: scored as those classes,
+    k-means with k = 2; its file names are training images', which a warning says."""
+    from rsjax.embedding import evaluate_run
+    workdir, _ = trained_run
+    d = np.load(tiny_npz)
+    pick = np.isin(d["labels"], [1, 3])                   # green, yellow
+    np.savez(tmp_path / "q.npz", images=d["images"][pick], labels=(d["labels"][pick] == 3).astype(np.int32),
+             class_names=np.array(["green", "yellow"]), files=d["files"][pick])
+    got = evaluate_run(workdir, queries=str(tmp_path / "q.npz"))
+    assert got["n_queries"] == got["n_test"] == 20
+    assert set(got["per_class_f1"]["1"]) == {"red", "green", "blue", "yellow"}
+    assert got["knn_oa@1"] > 50                            # colour-coded classes: a wrong mapping would score ~0
+    assert "14 of the 20 queries have the file name of a training image" in capsys.readouterr().err   # 7 of 10 per class train
+
+
+def test_a_run_refuses_another_dataset_and_damaged_checkpoints(trained_run, tmp_path, capsys):
+    import shutil
+    workdir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    assert len(cfg["data_sha1"]) == 40 and cfg["dataset"].endswith("tiny.npz")
+    (copy / "config.json").write_text(json.dumps({**cfg, "data_sha1": "0" * 40}))   # as if the data changed since
+    assert main(["embed", "evaluate", str(copy), "--out", str(tmp_path / "e")]) == 2
+    assert "have changed since this run was trained on it" in capsys.readouterr().err
+    assert main(["embed", "train", "--dataset", cfg["dataset"], "--workdir", str(copy), "--epochs", "3",
+                 "--batch-size", "8", "--quiet"]) == 2
+    assert "have changed since this run was trained on it" in capsys.readouterr().err
+    (copy / "config.json").write_text(json.dumps(cfg))
+    (copy / "checkpoints" / "epoch_0009").mkdir()           # an empty newest checkpoint
+    assert main(["embed", "evaluate", str(copy), "--out", str(tmp_path / "e")]) == 2
+    assert "epoch_0009: cannot be restored" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    shutil.rmtree(copy / "checkpoints" / "epoch_0009")
+    assert main(["embed", "evaluate", str(copy), "--out", str(tmp_path / "afile")]) == 2
+    assert "--out " in capsys.readouterr().err
+
+
+def test_retrieve_bounds_k_and_writes_a_png(trained_run, tmp_path, capsys):
+    from rsjax.embedding import load_run
+    workdir, _ = trained_run
+    run = load_run(workdir)
+    Image.fromarray(run.data.images[0]).save(tmp_path / "q.png")
+    n = run.split["train"].size
+    assert main(["embed", "retrieve", str(workdir), str(tmp_path / "q.png"), "-k", str(n + 1)]) == 2
+    assert f"-k {n + 1}: the run's archive (its training split) holds {n} images" in capsys.readouterr().err
+    assert main(["embed", "retrieve", str(workdir), str(tmp_path / "q.png"), "--out", str(tmp_path / "nb")]) == 0
+    assert f"wrote {tmp_path / 'nb.png'}" in capsys.readouterr().out and (tmp_path / "nb.png").is_file()
+
+
+def test_datasets_too_small_to_evaluate_and_empty_names_are_refused_before_training(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 4).astype(np.int32)
+    np.savez(tmp_path / "small.npz", images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8), labels=labels,
+             class_names=np.array(["a", "b", "c"]))
+    assert main(["embed", "train", "--dataset", str(tmp_path / "small.npz"), "--batch-size", "2",
+                 "--workdir", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "too small to evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    assert main(["embed", "train", "--dataset", " ", "--quiet"]) == 2
+    assert "the dataset is empty" in capsys.readouterr().err
+
+
+def test_dataset_paths_are_recorded_absolute_and_names_as_they_are(tmp_path, monkeypatch):
+    from rsjax.data.scenes import dataset_key
+    monkeypatch.chdir(tmp_path)
+    assert dataset_key("tiny.npz") == str(tmp_path / "tiny.npz")
+    assert dataset_key("./fold/") == str(tmp_path / "fold")
+    for name in ("ucmerced", "rsscn7_subset", "tfds:eurosat/rgb", "uc_merced"):
+        assert dataset_key(name) == name
+
+
+def test_ctrl_c_ends_with_a_line_that_says_how_to_resume(monkeypatch, capsys):
+    import rsjax.embedding
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rsjax.embedding, "train_run", interrupted)
+    assert main(["embed", "train", "--quiet"]) == 130
+    assert "interrupted; the same command again resumes from the last checkpoint" in capsys.readouterr().err

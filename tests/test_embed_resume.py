@@ -137,3 +137,9 @@ def test_bank_momentum_schedules_compare_as_far_as_they_act():
     assert embed.config_conflicts(stored, cfg("snca-ce-mb", 100, code)) == []
     stored_mu = json.loads(cfg("snca-ce-mu", 100, code).to_json())
     assert embed.config_conflicts(stored_mu, cfg("snca-ce-mu", 100, ((), ()))) == []
+
+
+@pytest.mark.parametrize("method,least", [("triplet", 3), ("dcnn", 2)])
+def test_pair_and_triplet_losses_need_a_batch_that_holds_some(tmp_path, data, method, least):
+    with pytest.raises(ValueError, match=f"a batch of {least - 1} has none; use a batch size of {least} or more"):
+        embed.train(tiny_cfg(method, batch_size=least - 1), data, workdir=tmp_path, progress=False)

@@ -28,9 +28,9 @@ def test_command_line_reproduces_the_arguments():
     import argparse
     import shlex
 
-    from experiments.common import command_line
+    from experiments.common import command_line, name_list
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scenes", default="a,b")
+    ap.add_argument("--scenes", type=name_list(("a", "b")), default=["a", "b"])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--spf-odd", default="crop")
     ap.add_argument("--torch-reference", default=None)
@@ -40,11 +40,39 @@ def test_command_line_reproduces_the_arguments():
         command = command_line("experiments.x", ap, args, shown=("seeds",))
         assert command.startswith("python -m experiments.x --")
         assert ap.parse_args(shlex.split(command)[3:]) == args
-        assert ("--scenes" in command) == (args.scenes != "a,b") and "--seeds" in command
+        assert ("--scenes" in command) == (args.scenes != ["a", "b"]) and "--seeds" in command
     assert command_line("m", ap, ap.parse_args([])) == "python -m m"
+    assert command_line("m", ap, ap.parse_args(["--scenes", "b,a"])) == "python -m m --scenes b,a"
 
 
-def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("argv,says", [(["--seeds", "0"], "--seeds: must be a positive integer, got 0"),
+                                       (["--iters", "-3"], "--iters: must be a positive integer"),
+                                       (["--scenes", "salinas"], "salinas: not one of salinas-a, indian-pines-subset"),
+                                       (["--methods", "kmean,ae"], "kmean: not one of kmeans, ae, cae, ms2anet")])
+def test_clustering_experiments_refuse_bad_arguments_before_any_work(argv, says, capsys, tmp_path):
+    from experiments import ablation_ms2anet, reference_torch, table_clustering
+    mains = [table_clustering.main] + ([ablation_ms2anet.main, reference_torch.main] if argv[0] != "--methods" else [])
+    for main in mains:
+        with pytest.raises(SystemExit):
+            main(argv + ["--out", str(tmp_path / "o")])
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reference_verdict_only_for_the_reference_s_iterations():
+    from types import SimpleNamespace
+
+    from experiments.table_clustering import format_markdown
+    summary = {"summary": {k: {"mean": 80.0, "std": 1.0} for k in ("OA", "AA", "Kappa", "NMI", "ARI", "time")},
+               "runs": [{"OA": 80.0}], "keep": "updated"}
+    args = SimpleNamespace(seeds=1, iters=20, command="c", spf_odd="crop", torch_reference="nowhere")
+    text = format_markdown({("samson", "ms2anet"): summary}, args)
+    assert "after 20 iterations; not compared with the reference, which trained 800" in text
+    assert "within one reference std" in format_markdown({("samson", "ms2anet"): summary},
+                                                         SimpleNamespace(**{**vars(args), "iters": 800}))
+
+
+def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatch, capsys):
     """One tiny run (a one-block ResNet, 16 px, one epoch) trained under a machine called "trainer";
     the table made again elsewhere with --report-only still names the trainer."""
     import json
@@ -68,8 +96,13 @@ def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatc
     table_snca.main(argv + ["--report-only"])
     table = (tmp_path / "t/table.md").read_text()
     assert "machine: trainer," in table and "reporter" not in table and "| ce | 1 |" in table
-    with pytest.raises(SystemExit, match="holds a run of 1 epochs, more than --epochs 0"):
-        table_snca.main(argv + ["--epochs", "0", "--report-only"])   # not reported as a row of 0 epochs
+    history = tmp_path / "t/runs/ce_s0/history.json"      # as if the run had trained one epoch more
+    history.write_text(json.dumps(json.loads(history.read_text()) + [{"epoch": 1, "loss": 1.0, "time": 1.0}]))
+    with pytest.raises(SystemExit, match="holds a run of 2 epochs, more than --epochs 1"):
+        table_snca.main(argv + ["--report-only"])   # not reported as a row of 1 epoch
+    with pytest.raises(SystemExit):
+        table_snca.main(argv + ["--methods", "ce,tripplet"])
+    assert "tripplet: not one of snca-ce-mb, snca-ce-mu, snca-mb, ce, triplet" in capsys.readouterr().err
 
 
 def test_table_snca_gives_a_spread_only_where_there_are_two_seeds_or_more():

@@ -217,7 +217,7 @@ def test_geotiff_nodata_pixels_are_refused(tmp_path):
     cube, gt = _cube()
     cube[0, :2] = -9999.0
     with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", width=5, height=6, count=4, dtype="float32",
-                       crs="EPSG:32633", transform=from_origin(0, 0, 1, 1), nodata=-9999.0) as dst:
+                       crs="EPSG:32633", transform=from_origin(500000, 4200000, 2.5, 2.5), nodata=-9999.0) as dst:
         dst.write(np.moveaxis(cube, -1, 0))
     np.save(tmp_path / "gt.npy", gt)
     with pytest.raises(DataError, match="2 pixels hold the GeoTIFF's nodata value -9999"):

@@ -166,3 +166,25 @@ def test_conversion_rejects_mismatched_model():
     converted = torch_resnet_to_flax(net.state_dict())
     assert converted["params"]["conv1"]["kernel"].shape == (7, 7, 3, 64)
     assert set(converted["batch_stats"]["layer2_0"]) == {"bn1", "bn2", "downsample_bn"}
+
+
+def test_authors_classifier_of_another_class_count_keeps_fc2_initial_and_loads_the_rest(tmp_path, capsys):
+    """Fine-tuning the authors' 21-class checkpoint on a 4-class dataset: FC2 starts afresh (with a
+    note), every other entry is loaded; a file that is not a state_dict, or keys of another network,
+    are errors naming the file and the fix."""
+    torch, net, AuthorsResNet18Cls = _torch_resnet18()
+    cls_net = AuthorsResNet18Cls(net, dim=8, n_classes=21).eval()
+    path = tmp_path / "ckpt.pth"
+    torch.save(cls_net.state_dict(), path)
+    model = ResNet18(dim=8, num_classes=4)
+    init = _zeros_like_init(model, jnp.zeros((1, 32, 32, 3)))
+    variables = load_pretrained(init, path)
+    assert "FC2 classifies 21 classes, this model 4: FC2 keeps its initial values" in capsys.readouterr().err
+    np.testing.assert_array_equal(variables["params"]["fc2"]["kernel"], init["params"]["fc2"]["kernel"])
+    np.testing.assert_allclose(variables["params"]["fc1"]["kernel"], cls_net.state_dict()["FC1.weight"].numpy().T)
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"junk\.pth: not a PyTorch state_dict.*torch\.save\(model\.state_dict\(\)"):
+        load_pretrained(init, tmp_path / "junk.pth")
+    torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other\.pth: 'foo\.weight': not a key of a torchvision ResNet.*ResNet18"):
+        load_pretrained(init, tmp_path / "other.pth")

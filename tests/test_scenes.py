@@ -214,3 +214,18 @@ def test_eval_batches():
     assert out[-1][0].tolist() == [6, 0, 0]
     with pytest.raises(DataError):
         next(eval_batches(0, 3))
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """A single-band 16-bit TIFF (values 0..4000): scaled by its maximum, where Pillow's own RGB
+    conversion would clip nearly every pixel at 255."""
+    from PIL import Image
+
+    from rsjax.data.scenes import read_image
+    values = np.linspace(0, 4000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "a.tif")
+    with Image.open(tmp_path / "a.tif") as im:
+        assert im.mode.startswith("I;16")
+    rgb = read_image(tmp_path / "a.tif", None)
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(values * (255 / 4000)).astype(np.uint8))

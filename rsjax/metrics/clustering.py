@@ -64,10 +64,12 @@ def kmeans(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def summarize(runs: list[dict], keys=("OA", "AA", "Kappa", "NMI", "ARI", "time")) -> dict:
-    """Mean and (population) std over runs for each key."""
+    """Mean and (population) std over runs for each key; a std at float rounding level of the mean
+    (equal values summed in another order) is reported as 0."""
     out = {}
     for k in keys:
         vals = np.array([r[k] for r in runs if k in r], float)
         if vals.size:
-            out[k] = {"mean": float(vals.mean()), "std": float(vals.std())}
+            mean, std = float(vals.mean()), float(vals.std())
+            out[k] = {"mean": mean, "std": std if std > 1e-12 * max(1.0, abs(mean)) else 0.0}
     return out
