@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from rsjax.data.paths import DataError
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "embed":   # before JAX starts: SNCA-CE step buffers reused, not faulted in every step
         keep_freed_memory(warn_if_late=False)    # called in-process after JAX started (tests): nothing to do
+    previous = signal.signal(signal.SIGTERM, _interrupt)   # kill / timeout / a job scheduler: as Ctrl-C
     try:
         return args.func(args)
     except (DataError, FileNotFoundError, FloatingPointError) as e:   # each message names the fix
@@ -132,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nrsjax: interrupted; the same command again resumes from the last checkpoint.", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ def _cfg(**kw):
 def chunks(monkeypatch):
     """Counts the compiled chunks run; ``fail_at=k`` raises at the k-th (1-based) call."""
     real = hsi._train_chunk
-    calls = {"n": 0, "fail_at": None}
+    calls = {"n": 0, "fail_at": None, "raise": Interrupt}
 
     def counted(*a, **kw):
         calls["n"] += 1
         if calls["n"] == calls["fail_at"]:
-            raise Interrupt
+            raise calls["raise"]
         return real(*a, **kw)
 
     monkeypatch.setattr(hsi, "_train_chunk", counted)
@@ -75,6 +75,22 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, ch
     cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
     assert chunks["n"] == 1                                  # only the chunk that was lost
     assert "resuming at iteration 4 of 6" in capsys.readouterr().err
+    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+
+
+def test_ctrl_c_saves_the_state_of_the_last_chunk_done(tmp_path, scene, chunks, monkeypatch, capsys):
+    """Ctrl-C between the minute's checkpoints: the chunks done are saved on the way out, and the
+    rerun ends where an uninterrupted run ends."""
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
+    monkeypatch.setattr(hsi, "CHECKPOINT_EVERY_S", 1e9)     # no regular write before the end
+    chunks.update(n=0, fail_at=3, **{"raise": KeyboardInterrupt})
+    with pytest.raises(KeyboardInterrupt):
+        cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    assert "checkpoint_seed0: saved at iteration 4 of 6" in capsys.readouterr().err
+    assert int(ckpt_lib.restore(tmp_path / "b" / "checkpoint_seed0")["step"]) == 4
+    chunks.update(n=0, fail_at=None)
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    assert chunks["n"] == 1
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
 
 

@@ -170,18 +170,26 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
     bar = _progress(cfg.iters, f"{cfg.method} seed {seed}", progress)
     bar.update(done)
     last_save = time.perf_counter()
-    for k, n in enumerate(sizes):
-        state, chunk_losses = _train_chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
-        chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
-        if not np.all(np.isfinite(chunk_losses)):
-            raise FloatingPointError(f"non-finite loss at iteration {len(losses) + int(np.argmin(np.isfinite(chunk_losses)))}; "
-                                     "lower the learning rate (--lr) or check the input scaling.")
-        losses.extend(chunk_losses.tolist())
-        bar.update(n)
-        bar.set_postfix(loss=f"{chunk_losses[-1]:.4f}")
-        if checkpoint is not None and (k == len(sizes) - 1 or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S):
-            _save_progress(checkpoint, fingerprint, state, losses, prior_time + time.perf_counter() - t_start)
-            last_save = time.perf_counter()
+    chunk_losses = None
+    try:
+        for k, n in enumerate(sizes):
+            state, chunk_losses = _train_chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
+            chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
+            if not np.all(np.isfinite(chunk_losses)):
+                raise FloatingPointError(f"non-finite loss at iteration {len(losses) + int(np.argmin(np.isfinite(chunk_losses)))}; "
+                                         "lower the learning rate (--lr) or check the input scaling.")
+            losses.extend(chunk_losses.tolist())
+            chunk_losses = None
+            bar.update(n)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if checkpoint is not None and (k == len(sizes) - 1 or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S):
+                _save_progress(checkpoint, fingerprint, state, losses, prior_time + time.perf_counter() - t_start)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            _save_interrupted(checkpoint, fingerprint, state, chunk_losses, losses,
+                              prior_time + time.perf_counter() - t_start, cfg.iters)
+        raise
     bar.close()
     out, _ = _apply_model(model, state.best_params, state.best_batch_stats, x)
     code = np.asarray(out["code"][0])
@@ -210,6 +218,24 @@ def _save_progress(checkpoint: Path, fingerprint: dict, state: HSIState, losses:
     write_json_atomic(_sidecar(checkpoint), {"fingerprint": fingerprint, "step": len(losses),
                                              "losses": losses, "time": elapsed})
     save(checkpoint, state)
+
+
+def _save_interrupted(checkpoint: Path, fingerprint: dict, state: HSIState, chunk_losses, losses: list,
+                      elapsed: float, iters: int) -> None:
+    """On Ctrl-C: let the chunk in flight end (its losses, when finite, count), then save the state
+    if it matches the losses recorded. Any failure (an interrupt during dispatch, when ``state``
+    is the donated one) saves nothing: the last regular checkpoint stands."""
+    try:
+        if chunk_losses is not None:
+            chunk = np.asarray(chunk_losses)
+            if np.all(np.isfinite(chunk)):
+                losses = losses + chunk.tolist()
+        step = int(state.step)
+        if step > 0 and step == len(losses):
+            _save_progress(checkpoint, fingerprint, state, losses, elapsed)
+            print(f"\n{checkpoint}: saved at iteration {step} of {iters}.", file=sys.stderr)
+    except Exception:   # noqa: BLE001 - never mask the interrupt
+        pass
 
 
 def _resume(checkpoint: Path, fingerprint: dict, state: HSIState) -> tuple[HSIState, list, float]:
