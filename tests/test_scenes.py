@@ -80,6 +80,19 @@ def test_npz_missing_keys(tmp_path):
         load_scene_images(tmp_path / "bad.npz")
 
 
+@pytest.mark.parametrize("labels,names,says", [
+    (np.zeros((2, 1), np.int32), ["a"], r"'labels' must be \(N,\) = \(2,\) and 'class_names' \(C,\), got \(2, 1\)"),
+    (np.array([1, 2]), ["a", "b"], r"'labels' span \[1, 2\] but must index its 2 'class_names' as 0 \.\. 1"),
+    (np.array([0, 0]), "a", r"got \(2,\) and \(\)")])
+def test_npz_labels_and_class_names_of_the_wrong_form(tmp_path, labels, names, says):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 4, 4, 3), np.uint8), labels=labels, class_names=np.array(names))
+    with pytest.raises(DataError, match=r"bad\.npz: .*" + says):
+        load_scene_images(tmp_path / "bad.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(DataError, match=r"cannot read it as an \.npz archive.*numpy\.savez"):
+        load_scene_images(tmp_path / "text.npz")
+
+
 def test_unknown_name():
     with pytest.raises(DataError, match="unknown scene dataset"):
         load_scene_images("no_such_dataset")

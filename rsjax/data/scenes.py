@@ -190,7 +190,8 @@ def load_npz(path: str | Path, size: int | None = None) -> SceneImages:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read this .npz ({e}).") from e
+        raise DataError(f"{path}: cannot read it as an .npz archive ({type(e).__name__}: {str(e)[:120]}); write it "
+                        "with numpy.savez(path, images=..., labels=..., class_names=...).") from e
     missing = [k for k in ("images", "labels", "class_names") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing key(s) {missing}; a scene .npz needs 'images' (N, H, W, 3) uint8, "
@@ -200,6 +201,12 @@ def load_npz(path: str | Path, size: int | None = None) -> SceneImages:
         raise DataError(f"{path}: 'labels' must be integers indexing 'class_names', got {labels.dtype}.")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"{path}: 'images' must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}.")
+    if labels.shape != images.shape[:1] or names.ndim != 1:
+        raise DataError(f"{path}: 'labels' must be (N,) = ({images.shape[0]},) and 'class_names' (C,), got "
+                        f"{labels.shape} and {names.shape}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= names.size):
+        raise DataError(f"{path}: 'labels' span [{labels.min()}, {labels.max()}] but must index its {names.size} "
+                        f"'class_names' as 0 .. {names.size - 1}.")
     if size is not None:
         images = _resize_array(images, int(size))
     return SceneImages(images, labels.astype(np.int32), list(names), None if files is None else list(files))
