@@ -91,7 +91,7 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, capsys):
     assert main(["cluster", "--dataset", "samson", "--cube", str(cube), "--gt", str(cube)]) == 2
     assert "pass either --dataset or --cube/--gt, not both" in capsys.readouterr().err
     capsys.readouterr()
-    for argv, says in ((["--seeds", "0"], "at least one seed"), (["--seeds", ","], "at least one seed"),
+    for argv, says in ((["--seeds", "0"], "a count of 1 or more"), (["--seeds", ","], "a count of 1 or more"),
                        (["--seeds", "0,0"], "distinct seeds"), (["--seeds=-1,2"], "distinct seeds of 0 or more"),
                        (["--lr", "0"], "--lr: must be a positive number"), (["--lambda", "-1"], "--lambda: must be"),
                        (["--iters", "0"], "--iters: must be a positive integer"),
