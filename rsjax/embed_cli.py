@@ -20,11 +20,13 @@ def add_embed_parser(sub) -> None:
     t.add_argument("--workdir", default=None, help="run directory (default runs/<dataset>_<method>_s<seed>); "
                    "an existing run there is resumed")
     for name, typ, help_ in (("epochs", positive_int, "epochs (default 100, the paper's)"),
-                             ("image-size", positive_int, "training resolution; images are resized to it (default 256, the paper's)"),
+                             ("image-size", positive_int,
+                              "training resolution; images are resized to it (default 256, the paper's)"),
                              ("batch-size", positive_int, "batch size (default 256, the paper's)"),
                              ("lr", positive_float, "SGD learning rate (default 0.01, the paper's)"),
                              ("sigma", positive_float, "SNCA temperature (default 0.1, the paper's)"),
-                             ("dim", positive_int, "embedding size D (128)"), ("m", fraction, "MB bank momentum (default 0.5) or MU encoder EMA momentum (default 0.999)"),
+                             ("dim", positive_int, "embedding size D (128)"),
+                             ("m", fraction, "MB bank momentum (default 0.5) or MU encoder EMA momentum (default 0.999)"),
                              ("seed", non_negative_int, "seed of split, init, batches and augmentation")):
         t.add_argument(f"--{name}", type=typ, default=None, help=help_)
     t.add_argument("--lambda", "--lam", dest="lam", type=non_negative_float, default=None,
@@ -84,7 +86,7 @@ def cmd_evaluate(args) -> int:
     from rsjax.metrics.retrieval import format_table, scalar_scores
     workdir, ckpt = locate_run(args.checkpoint)
     out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
-    results = evaluate_run(ckpt, queries=args.queries, out_dir=out)   # the checkpoint named below, even if training writes a newer one
+    results = evaluate_run(ckpt, queries=args.queries, out_dir=out)   # the one named below, even if a newer one comes
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
         print(f"evaluated {ckpt}; wrote {out}/: {', '.join(f for f in EVALUATION_FILES if (Path(out) / f).exists())}")

@@ -48,9 +48,9 @@ def _check_same_data(stored_sha1: str, data: SceneImages, name: str) -> None:
     runs made before rsjax recorded it)."""
     if stored_sha1 and stored_sha1 != data.fingerprint():
         raise DataError(f"{name}: its images or labels have changed since this run was trained on it (sha1 "
-                        f"{stored_sha1[:12]}... then, {data.fingerprint()[:12]}... now); the split, the memory bank and "
-                        "the scores would not match the training. Use the dataset the run was trained on, or train "
-                        "into another directory.")
+                        f"{stored_sha1[:12]}... then, {data.fingerprint()[:12]}... now); the split, the memory bank "
+                        "and the scores would not match the training. Use the dataset the run was trained on, or "
+                        "train into another directory.")
 
 
 def _preprocess(cfg):

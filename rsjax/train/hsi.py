@@ -176,8 +176,9 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
             state, chunk_losses = _train_chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
             chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
             if not np.all(np.isfinite(chunk_losses)):
-                raise FloatingPointError(f"non-finite loss at iteration {len(losses) + int(np.argmin(np.isfinite(chunk_losses)))}; "
-                                         "lower the learning rate (--lr) or check the input scaling.")
+                at = len(losses) + int(np.argmin(np.isfinite(chunk_losses)))
+                raise FloatingPointError(f"non-finite loss at iteration {at}; lower the learning rate (--lr) or "
+                                         "check the input scaling.")
             losses.extend(chunk_losses.tolist())
             chunk_losses = None
             bar.update(n)
