@@ -32,7 +32,7 @@ and so flattered rsjax (``benchmarks/README.md``).
 
 Usage::
 
-    python -m benchmarks.snca_step            # 64 and 128 px, N up to 1e6 (about 6-8 minutes on 2 cores)
+    python -m benchmarks.snca_step            # 64 and 128 px, N up to 1e6 (about 2-7 minutes on 2 cores)
     python -m benchmarks.snca_step --quick    # smoke run: 64 px, fewer repetitions, N up to 1e5
     python -m benchmarks.snca_step --json     # one JSON object with every figure on stdout
     python -m benchmarks.snca_step --dtypes float32 bfloat16   # on a GPU: PyTorch on CUDA, both precisions

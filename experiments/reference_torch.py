@@ -10,7 +10,7 @@ authors' ``MS2A_net.py`` trains it: PyTorch's default initialisation after
 ``torch.manual_seed(seed)``, Adam (lr 1e-3) for 800 iterations, the parameters saved right after
 the update of each lowest-loss iteration, M' of those parameters with batch statistics, then the
 same k-means and metrics as rsjax (``rsjax.metrics.clustering``). Its spread over seeds shows how
-much of a 3- or 5-seed mean is the luck of the seeds. Needs PyTorch (the ``test`` extra).
+much of a 3- or 5-seed mean is the luck of the seeds. Needs PyTorch: ``pip install 'rsjax[torch]'`` (``.ci/run`` installs it).
 Results go to ``<out>/<scene>.json`` (reused by a run with the same settings) and ``<out>/table.md``.
 """
 from __future__ import annotations

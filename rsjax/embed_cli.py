@@ -71,6 +71,8 @@ def cmd_train(args) -> int:
             setattr(cfg, key, getattr(args, key))
     if args.m_schedule is not None:
         cfg.m_schedule_epochs, cfg.m_schedule_values = args.m_schedule
+    if cfg.pretrained:          # read again on every resume: from wherever that runs
+        cfg.pretrained = str(Path(cfg.pretrained).expanduser().resolve())
     name = args.dataset if cfg.dataset == args.dataset else Path(cfg.dataset).stem   # a path: its last part
     workdir = args.workdir or f"runs/{name.replace('/', '_').replace(':', '_')}_{args.method}_s{cfg.seed}"
     results = train_run(cfg, workdir, progress=not args.quiet)

@@ -128,8 +128,8 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
                  extra: dict | None = None) -> dict:
     """kNN accuracy/F1 (K = 1, 5, 10), k-means NMI/ACC and retrieval (mAP, MAP@R, P@1, R@K, PR
     curve) of the test split against the training archive, for a run directory (its newest
-    checkpoint) or one of its checkpoints; with ``queries`` (a dataset name or path with the same
-    classes), those images are the queries instead. ``extra`` is added to the results. With
+    checkpoint) or one of its checkpoints; with ``queries`` (a dataset name or path whose classes
+    are all or some of the run's, named alike), those images are the queries instead. ``extra`` is added to the results. With
     ``out_dir``, the results go to ``out_dir/results.json``, with the figures beside them."""
     from rsjax.metrics.retrieval import evaluate_embeddings
     from rsjax.train.embed import embed

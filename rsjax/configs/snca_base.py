@@ -10,7 +10,7 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.method = "snca-ce-mb"       # snca-ce-mb | snca-ce-mu | snca-mb | snca-mu | dcnn | triplet | ce
-    c.dataset = "uc_merced"       # a name or path rsjax.data.scenes.load_scene_images understands
+    c.dataset = "ucmerced"        # a name or path rsjax.data.scenes.load_scene_images understands
     c.split = (0.7, 0.1, 0.2)     # train / val / test
     c.data_sha1 = ""              # set when rsjax.embedding trains: SceneImages.fingerprint() of the dataset
     c.seed = 0                    # parameters, bank, batch order and augmentation all derive from it

@@ -1,8 +1,8 @@
 """The paper's deep baselines AE and CAE, each with a 36-feature latent code for k-means.
 
-AE is a per-pixel (spectral only) fully connected autoencoder; CAE a convolutional one that
-sees 3 x 3 neighbourhoods. Both return the same dict as :class:`~rsjax.models.ms2anet.MS2ANet`
-and train with the plain reconstruction loss.
+AE is a per-pixel (spectral only) fully connected autoencoder; CAE a convolutional one whose code
+sees 5 x 5 neighbourhoods (two 3 x 3 convolutions). Both return ``recon``, ``code`` and ``m_prime``
+as :class:`~rsjax.models.ms2anet.MS2ANet` does and train with the plain reconstruction loss.
 """
 from __future__ import annotations
 

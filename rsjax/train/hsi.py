@@ -144,7 +144,9 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
     the losses so far, the time spent, set-up included). A rerun with the
     same settings, cube and seed resumes from it: the chunks already trained are skipped (all of
     them when the run had finished) and the result is the uninterrupted run's (tests). A
-    checkpoint of other settings is deleted and training starts afresh. ``prior_time`` in the
+    checkpoint of other settings, seed or cube is refused with a :class:`DataError` naming the
+    differences and left as it is; one whose ``.json`` cannot be read is deleted and training starts
+    afresh. On Ctrl-C the chunk in flight ends and the state is saved. ``prior_time`` in the
     result is the time that earlier calls spent, ``setup_time`` this call's time before training
     (building, initialising and restoring the model)."""
     t_start = time.perf_counter()
