@@ -83,8 +83,11 @@ def main(argv=None):
             elif args.report_only:
                 continue
             else:
-                results = train_run(cfg, workdir, progress=False,
-                                    extra={"machine": machine()})   # the table may be made later, elsewhere
+                try:
+                    results = train_run(cfg, workdir, progress=False,
+                                        extra={"machine": machine()})   # the table may be made later, elsewhere
+                except DataError as e:                                  # a dataset it cannot use: its message
+                    raise SystemExit(f"experiments.table_snca: {e}")
                 print(f"{method:<11} seed {seed}: kNN@10 {results['knn_oa@10']:.2f}  NMI {results['kmeans_nmi']:.2f}  "
                       f"mAP {results['map']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
             history = json.loads((workdir / "history.json").read_text())

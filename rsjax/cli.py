@@ -17,12 +17,12 @@ def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(int(text)))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes a count (5) or a list (0,3,7), got {text!r}")
     if not seeds:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count of 1 or more (5: seeds 0..4) or a list (0,3,7), "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes a count of 1 or more (5: seeds 0..4) or a list (0,3,7; 3, for "
+                                         f"seed 3 alone), got {text!r}")
     if min(seeds) < 0 or len(set(seeds)) < len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds lists distinct seeds of 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(f"lists distinct seeds of 0 or more, got {text!r}")
     return seeds
 
 

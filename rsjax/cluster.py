@@ -64,7 +64,8 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
     runs, first = [], None
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _claim(out, run_identity(scene, cfg))
+        identity = run_identity(scene, cfg)
+        _claim(out, identity)
     for seed in seeds:
         ckpt = out / f"checkpoint_seed{seed}" if out is not None else None   # used only by trained models
         r = cluster_once(scene, cfg, seed, progress=progress, checkpoint=ckpt)
@@ -78,6 +79,7 @@ def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: b
     if out is not None:
         from rsjax.train.checkpoint import write_json_atomic
         write_json_atomic(out / "metrics.json", summary, default=_jsonable)
+        write_json_atomic(out / RUN_FILE, identity)
         from rsjax.plots.hsi import class_map_figure
         class_map_figure(scene.gt, first["labels"], scene.class_names, out / "class_map.png",
                          title=f"{scene.name}: {cfg.method} (seed {seeds[0]}, OA {first['scores']['OA']:.1f}%)")
@@ -100,16 +102,21 @@ def _claim(out: Path, identity: dict) -> None:
     """Make ``out`` this run's folder: refuse, naming the differences, when it holds another run
     (whose files and checkpoints would be mixed with, or replaced by, this one's)."""
     from rsjax.train.checkpoint import write_json_atomic
+    path = out / RUN_FILE
     try:
         out.mkdir(parents=True, exist_ok=True)
-        path = out / RUN_FILE
         stored = json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise DataError(f"--out {out}: cannot use it as the output folder ({type(e).__name__}: {e}); "
                         "pass a folder you can write to.") from e
+    except ValueError as e:
+        raise DataError(f"{path} is damaged ({e}); delete it if the folder holds this run, or pass another "
+                        "--out.") from e
     if stored is not None and (diffs := differences(stored, identity)):
         raise DataError(f"{out} holds a run of other settings or data ({'; '.join(diffs)}): writing into it "
                         "would mix the two. Pass another --out, or delete that folder to start afresh.")
+    if stored is None and (any(out.glob("checkpoint_seed*.json")) or (out / "metrics.json").exists()):
+        return   # files of a run made before run.json existed: the seeds' own checks come first; run() stamps it
     try:
         write_json_atomic(path, identity)   # also a check, before any training, that the folder takes files
     except OSError as e:

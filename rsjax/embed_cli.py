@@ -5,6 +5,9 @@ import json
 from pathlib import Path
 
 
+MOVED = "where the run's dataset is now, if it has moved since training (checked against its recorded sha1)"
+
+
 def add_embed_parser(sub) -> None:
     from rsjax.cli import fraction, m_schedule, non_negative_float, non_negative_int, positive_float, positive_int
     from rsjax.models.layers import COMPUTE_DTYPES
@@ -48,6 +51,7 @@ def add_embed_parser(sub) -> None:
     e.add_argument("--out", default=None, help="where results.json and figures go (default <run>/eval, "
                    "or <run>/eval_epoch_XXXX for a checkpoint)")
     e.add_argument("--json", action="store_true", help="print the table as JSON")
+    e.add_argument("--dataset", default=None, help=MOVED)
     e.set_defaults(func=cmd_evaluate)
 
     r = esub.add_parser("retrieve", help="the archive images nearest to one image")
@@ -55,7 +59,8 @@ def add_embed_parser(sub) -> None:
     r.add_argument("image", help="a JPEG, PNG or TIFF image")
     r.add_argument("-k", type=positive_int, default=5, help="number of neighbours (default 5)")
     r.add_argument("--out", default=None, help="PNG of the query and its neighbours "
-                   "(default ./neighbours_<image name>.png)")
+                   "(default ./neighbours_<image name>.png; a folder: that file in it)")
+    r.add_argument("--dataset", default=None, help=MOVED)
     r.set_defaults(func=cmd_retrieve)
 
 
@@ -88,7 +93,7 @@ def cmd_evaluate(args) -> int:
     from rsjax.metrics.retrieval import format_table, scalar_scores
     workdir, ckpt = locate_run(args.checkpoint)
     out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
-    results = evaluate_run(ckpt, queries=args.queries, out_dir=out)   # the one named below, even if a newer one comes
+    results = evaluate_run(ckpt, queries=args.queries, out_dir=out, dataset=args.dataset)   # the one named below, even if a newer one comes
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
         print(f"evaluated {ckpt}; wrote {out}/: {', '.join(f for f in EVALUATION_FILES if (Path(out) / f).exists())}")
@@ -97,12 +102,15 @@ def cmd_evaluate(args) -> int:
 
 def cmd_retrieve(args) -> int:
     from rsjax.embedding import retrieve
-    out = Path(args.out or f"neighbours_{Path(args.image).stem}.png")
-    if out.is_dir():
-        out = out / f"neighbours_{Path(args.image).stem}.png"
-    elif out.suffix.lower() != ".png":
-        out = out.with_name(out.name + ".png")       # the figure is a PNG whatever the name says
-    found = retrieve(args.checkpoint, args.image, k=args.k, out_png=out)
+    name = f"neighbours_{Path(args.image).stem}.png"
+    out = Path(args.out or name)
+    if out.is_dir() or (args.out or "").endswith(("/", "\\")):
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / name
+    elif out.suffix.lower() != ".png":                 # the figure is a PNG whatever the name says
+        out = out.with_suffix(".png") if out.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff") \
+            else out.with_name(out.name + ".png")
+    found = retrieve(args.checkpoint, args.image, k=args.k, out_png=out, dataset=args.dataset)
     print(f"{'rank':>4}  {'cosine':<6}  {'class':<20} archive image")
     for rank, (name, cls, sim) in enumerate(found, start=1):
         print(f"{rank:>4}  {sim:.4f}  {cls:<20} {name}")

@@ -63,7 +63,10 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     evaluate on the test split; returns the results, with ``extra`` added (for example the
     machine), also written to ``workdir/results.json``."""
     from rsjax.data.augment import augment
+    from rsjax.data.scenes import dataset_key
     from rsjax.train.embed import build_model, knn_val_fn, train
+    cfg = ml_collections.ConfigDict(cfg.to_dict())     # the caller's config stays as it was
+    cfg.dataset = dataset_key(cfg.dataset)             # a path recorded absolute
     data, split = load_split(cfg)
     stored = Path(workdir) / "config.json"
     if stored.exists():                    # a run to resume: on the same data only
@@ -106,13 +109,17 @@ class LoadedRun(NamedTuple):
     checkpoint: Path
 
 
-def load_run(path: str | Path) -> LoadedRun:
+def load_run(path: str | Path, dataset: str | Path | None = None) -> LoadedRun:
     """A trained run's settings, model, variables, dataset and split, from a run directory (its
-    newest checkpoint) or one of its checkpoints (:func:`locate_run`)."""
+    newest checkpoint) or one of its checkpoints (:func:`locate_run`). ``dataset``: where the run's
+    dataset is now, when it has moved (checked against the sha1 the run recorded)."""
     from rsjax.train import checkpoint
     from rsjax.train.embed import build_model
     workdir, ckpt = locate_run(path)
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    if dataset is not None:
+        from rsjax.data.scenes import dataset_key
+        cfg.dataset = dataset_key(dataset)
     data, split = load_split(cfg)
     model = build_model(cfg, data.n_classes)
     try:
@@ -125,15 +132,16 @@ def load_run(path: str | Path) -> LoadedRun:
 
 
 def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Path | None = None,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, dataset: str | Path | None = None) -> dict:
     """kNN accuracy/F1 (K = 1, 5, 10), k-means NMI/ACC and retrieval (mAP, MAP@R, P@1, R@K, PR
     curve) of the test split against the training archive, for a run directory (its newest
     checkpoint) or one of its checkpoints; with ``queries`` (a dataset name or path whose classes
     are all or some of the run's, named alike), those images are the queries instead. ``extra`` is added to the results. With
-    ``out_dir``, the results go to ``out_dir/results.json``, with the figures beside them."""
+    ``out_dir``, the results go to ``out_dir/results.json``, with the figures beside them.
+    ``dataset``: as in :func:`load_run`."""
     from rsjax.metrics.retrieval import evaluate_embeddings
     from rsjax.train.embed import embed
-    run = load_run(path)
+    run = load_run(path, dataset)
     cfg, model, variables, data, split = run.cfg, run.model, run.variables, run.data, run.split
     pre = _preprocess(cfg)
     emb = lambda images: embed(model, variables, images, batch_size=int(cfg.eval_batch_size), preprocess=pre)
@@ -167,10 +175,15 @@ def _queries(queries: str, data: SceneImages, train: np.ndarray) -> tuple[np.nda
     q = load_scene_images(queries)
     unknown = [c for c in q.class_names if c not in data.class_names]
     if unknown:
+        case = [c for c in unknown if c.lower() in {n.lower() for n in data.class_names}]
         raise DataError(f"{queries}: class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                         f"{'are' if len(unknown) > 1 else 'is'} not among the run's {data.n_classes} classes "
-                        f"({', '.join(data.class_names)}); queries must come from those classes, named alike.")
+                        f"({', '.join(data.class_names)}); queries must come from those classes, named alike"
+                        + (f" (letter case differs: {', '.join(case)})." if case else "."))
     labels = np.array([data.class_names.index(c) for c in q.class_names], np.int32)[q.labels]
+    if np.unique(labels).size < 2:
+        raise DataError(f"{queries}: its images are of one class; k-means and the macro F1 need queries of two "
+                        "or more of the run's classes.")
     if q.files is not None and data.files is not None:
         archive = {Path(data.files[i]).name for i in train}
         same = [f for f in q.files if Path(f).name in archive]
@@ -201,17 +214,19 @@ def _figures(out: Path, run: LoadedRun, results: dict, queries: tuple, archive: 
             learning_curves_figure({cfg.method: [100 * v for v in vals]}, out / "learning_curve.png")
 
 
-def retrieve(path: str | Path, image_path: str | Path, k: int = 5, out_png: str | Path | None = None):
+def retrieve(path: str | Path, image_path: str | Path, k: int = 5, out_png: str | Path | None = None,
+             dataset: str | Path | None = None):
     """The ``k`` training-archive images nearest to one image file: ``[(file, class, cosine)]``,
-    and a PNG of the query with its neighbours; ``path``: a run directory or one of its checkpoints."""
+    and a PNG of the query with its neighbours; ``path``: a run directory or one of its checkpoints;
+    ``dataset``: as in :func:`load_run`."""
     from rsjax.data.scenes import read_image
     from rsjax.metrics.retrieval import nearest_neighbors
     from rsjax.train.embed import embed
-    run = load_run(path)
+    run = load_run(path, dataset)
     cfg, model, variables, data, split = run.cfg, run.model, run.variables, run.data, run.split
-    if k > split["train"].size:
+    if not 1 <= k <= split["train"].size:
         raise DataError(f"-k {k}: the run's archive (its training split) holds {split['train'].size} images; "
-                        "ask for that many or fewer.")
+                        "ask for 1 to that many.")
     if not Path(image_path).is_file():
         raise DataError(f"{image_path}: no such image file; pass a JPEG, PNG or TIFF file.")
     query = read_image(Path(image_path), data.image_size)[None]

@@ -194,3 +194,18 @@ def test_checkpoint_of_another_structure_is_a_clear_error(tmp_path, scene):
                                {"fingerprint": hsi._fingerprint(cfg, cube01, 0), "step": 2, "losses": [1.0, 1.0], "time": 1.0})
     with pytest.raises(ValueError, match="cannot be restored.*delete it"):
         hsi.fit(cfg, cube01, 0, progress=False, checkpoint=ckpt)
+
+
+def test_a_folder_of_a_run_made_before_run_json_is_checked_by_its_seeds_and_stamped_when_done(
+        tmp_path, scene, chunks):
+    """A refused run leaves no run.json behind in a folder that had none (the folder stays usable by
+    the run it holds); the accepted rerun stamps it. A different chunk size is the same run."""
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path, progress=False)
+    (tmp_path / "run.json").unlink()                            # as a folder of an older rsjax
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint_seed0 holds another training \(config\.lr"):
+        cluster.run(scene, _cfg(lr=0.01), [0], out_dir=tmp_path, progress=False)
+    assert _files(tmp_path) == before
+    chunks.update(n=0)
+    cluster.run(scene, _cfg(chunk=3), [0], out_dir=tmp_path, progress=False)   # already trained
+    assert chunks["n"] == 0 and (tmp_path / "run.json").is_file()

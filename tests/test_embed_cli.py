@@ -204,3 +204,49 @@ def test_ctrl_c_ends_with_a_line_that_says_how_to_resume(monkeypatch, capsys):
     monkeypatch.setattr(rsjax.embedding, "train_run", interrupted)
     assert main(["embed", "train", "--quiet"]) == 130
     assert "interrupted; the same command again resumes from the last checkpoint" in capsys.readouterr().err
+
+
+def test_a_moved_dataset_is_found_again_by_its_sha1(trained_run, tiny_npz, tmp_path, capsys):
+    """After the dataset moves, --dataset names where it is now (checked against the run's sha1), and
+    training resumes from the run with the new path; train_run leaves the caller's config alone."""
+    import shutil
+
+    from rsjax import configs
+    from rsjax.train.embed import config_conflicts
+    workdir, _ = trained_run
+    shutil.copy(tiny_npz, tmp_path / "moved.npz")
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "dataset": str(tmp_path / "gone.npz")}))
+    assert main(["embed", "evaluate", str(copy), "--out", str(tmp_path / "e")]) == 2
+    assert "gone.npz: no such file" in capsys.readouterr().err
+    assert main(["embed", "evaluate", str(copy), "--dataset", str(tmp_path / "moved.npz"), "--json",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(
+        json.loads((workdir / "results.json").read_text())["map"])
+    again = configs.get("snca-ce-mb")
+    again.update({k: v for k, v in cfg.items() if k in again and k not in ("stage_sizes", "split", "m_schedule_epochs",
+                                                                          "m_schedule_values")})
+    again.stage_sizes, again.dataset = tuple(cfg["stage_sizes"]), str(tmp_path / "moved.npz")
+    assert config_conflicts({**cfg, "dataset": str(tmp_path / "gone.npz")}, again) == []      # same sha1
+    again.data_sha1 = ""
+    assert config_conflicts({**cfg, "data_sha1": ""}, again) == [
+        f"dataset: {cfg['dataset']!r} -> {str(tmp_path / 'moved.npz')!r}"]                  # no sha1: by path
+    with pytest.raises(ValueError, match="its images are of one class"):
+        d = np.load(tiny_npz)
+        np.savez(tmp_path / "one.npz", images=d["images"][:5], labels=np.zeros(5, np.int32),
+                 class_names=np.array(["red"]))
+        from rsjax.embedding import evaluate_run
+        evaluate_run(workdir, queries=str(tmp_path / "one.npz"))
+
+
+def test_train_run_leaves_the_callers_config_as_it_was(tiny_npz, tmp_path):
+    from rsjax import configs
+    from rsjax.embedding import train_run
+    cfg = configs.get("ce")
+    cfg.dataset, cfg.epochs, cfg.image_size, cfg.batch_size = str(tiny_npz), 1, 16, 8
+    cfg.stage_sizes, cfg.num_filters, cfg.dim, cfg.eval_batch_size = (1, 1, 1, 1), 4, 8, 16
+    before = cfg.to_json()
+    train_run(cfg, tmp_path / "a", progress=False)
+    assert cfg.to_json() == before

@@ -143,3 +143,9 @@ def test_bank_momentum_schedules_compare_as_far_as_they_act():
 def test_pair_and_triplet_losses_need_a_batch_that_holds_some(tmp_path, data, method, least):
     with pytest.raises(ValueError, match=f"a batch of {least - 1} has none; use a batch size of {least} or more"):
         embed.train(tiny_cfg(method, batch_size=least - 1), data, workdir=tmp_path, progress=False)
+
+
+def test_unknown_config_names_are_named_with_the_known_ones():
+    from rsjax import configs
+    with pytest.raises(ValueError, match=r"no config named 'kmeans'; known: ce, dcnn, ms2anet.*get\('ms2anet'\)"):
+        configs.get("kmeans")

@@ -222,3 +222,24 @@ def test_geotiff_nodata_pixels_are_refused(tmp_path):
     np.save(tmp_path / "gt.npy", gt)
     with pytest.raises(DataError, match="2 pixels hold the GeoTIFF's nodata value -9999"):
         load_scene(cube=tmp_path / "c.tif", gt=tmp_path / "gt.npy")
+
+
+def test_matlab_scalars_beside_the_ground_truth_are_not_candidates(tmp_path):
+    cube, gt = _cube()
+    np.save(tmp_path / "c.npy", cube)
+    scipy.io.savemat(tmp_path / "g.mat", {"gt": gt, "nclasses": 3, "lines": 6, "mask": np.ones((2, 2))})
+    scene = load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.mat")      # mask is not 6 x 5: left out
+    assert scene.gt.shape == (6, 5)
+
+
+def test_geotiff_ground_truth_nodata_is_unlabeled(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+    cube, gt = _cube()
+    gt[0, :3] = 255
+    np.save(tmp_path / "c.npy", cube)
+    with rasterio.open(tmp_path / "g.tif", "w", driver="GTiff", width=5, height=6, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4200000, 2.5, 2.5), nodata=255) as dst:
+        dst.write(gt[None])
+    scene = load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.tif")
+    assert (scene.gt[0, :3] == 0).all() and scene.n_classes == len(np.unique(gt[(gt > 0) & (gt < 255)]))

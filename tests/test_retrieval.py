@@ -209,3 +209,13 @@ def test_evaluate_embeddings_table_and_json():
     assert "knn_oa@10" in table and "per_class_f1" not in table
     both = format_table({"SNCA": res, "CE": res})
     assert "SNCA" in both.splitlines()[0] and "CE" in both.splitlines()[0]
+
+
+def test_macro_f1_averages_over_the_classes_the_queries_hold():
+    """Queries of two of four classes, all right: macro F1 is 1 (the absent classes' F1 of 0 stay in
+    the per-class array but not in the mean)."""
+    tr = np.repeat(np.eye(4), 5, axis=0)
+    ty = np.repeat(np.arange(4), 5)
+    te, yy = np.eye(4)[[1, 1, 3]], np.array([1, 1, 3])
+    res = knn_scores(tr, ty, te, yy, ks=(1,), n_classes=4)[1]
+    assert res["oa"] == 1.0 and res["f1_macro"] == 1.0 and res["f1"].tolist() == [0.0, 1.0, 0.0, 1.0]

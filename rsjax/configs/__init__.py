@@ -4,8 +4,17 @@ from collections.abc import Mapping
 
 
 def get(name: str):
+    """The config of a method (``ms2anet`` also serves ``ae``, ``cae`` and ``kmeans``: set ``method``)."""
     module = name.replace("-", "_")
-    return importlib.import_module(f"rsjax.configs.{module}").get_config()
+    try:
+        return importlib.import_module(f"rsjax.configs.{module}").get_config()
+    except ModuleNotFoundError as e:
+        if e.name != f"rsjax.configs.{module}":
+            raise
+        import pkgutil
+        known = sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.name != "snca_base")
+        raise ValueError(f"no config named {name!r}; known: {', '.join(known)} (ae, cae and kmeans are "
+                         "get('ms2anet') with method set).") from None
 
 
 def parse_m_schedule(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:

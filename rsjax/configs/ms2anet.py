@@ -27,12 +27,13 @@ def get_config():
     return c
 
 
-# The fields that shape each method's training (the rest: which scene, which seeds, and k-means).
+# The fields that shape each method's training (the rest: which scene, which seeds, k-means, and
+# ``chunk``, how many iterations run between host syncs, which does not change what is computed).
 TRAINING_FIELDS = {
-    "ms2anet": ("iters", "chunk", "lr", "lam", "d1", "d2", "d3", "dilations", "kernel_size", "ablation",
+    "ms2anet": ("iters", "lr", "lam", "d1", "d2", "d3", "dilations", "kernel_size", "ablation",
                 "spf_odd", "dtype", "keep"),
-    "ae": ("iters", "chunk", "lr", "latent", "keep"),
-    "cae": ("iters", "chunk", "lr", "latent", "keep"),
+    "ae": ("iters", "lr", "latent", "keep"),
+    "cae": ("iters", "lr", "latent", "keep"),
     "kmeans": (),
 }
 

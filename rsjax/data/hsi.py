@@ -64,13 +64,15 @@ def _read_geotiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return np.moveaxis(data, 0, -1), profile
 
 
-def read_array(path: str | Path, key: str | None = None, ndim: int | None = None) -> tuple[np.ndarray, dict | None]:
+def read_array(path: str | Path, key: str | None = None, ndim: int | None = None,
+               spatial: tuple[int, int] | None = None) -> tuple[np.ndarray, dict | None]:
     """Read one array from ``.mat``, ``.npy``, ``.npz``, ENVI ``.hdr`` or GeoTIFF.
 
     For containers with several arrays, ``key`` picks one (or the path names it: ``file.mat:KEY``);
     without it the one numeric array with ``ndim`` dimensions is taken (an ``ndim = 2`` ground truth
-    may carry a trailing axis of 1), and several such arrays are an error naming them. Returns the
-    array and a georeference (GeoTIFF only).
+    may carry a trailing axis of 1; MATLAB's scalars, 1 x 1 arrays, are not candidates; with
+    ``spatial``, only arrays whose first two sides are those), and several such arrays are an error
+    naming them. Returns the array and a georeference (GeoTIFF only).
     """
     path = Path(path)
     if key is None and not path.exists() and ":" in path.name:     # file.mat:KEY
@@ -114,7 +116,8 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
             raise DataError(f"{path}: array {key!r} has shape {np.shape(arrays[key])}, not {ndim}-D; {shapes}.")
         return fit(arrays[key]), georef
     candidates = {k: fit(v) for k, v in arrays.items()
-                  if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and fit(v) is not None}
+                  if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and v.size > 1 and fit(v) is not None
+                  and (spatial is None or fit(v).shape[:2] == tuple(spatial))}
     if not candidates:
         raise DataError(f"{path}: no numeric {ndim or ''}-D array inside (it holds {held}); {shapes}.")
     if len(candidates) > 1:
@@ -237,11 +240,17 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
         if cube is None or gt is None:
             raise DataError("pass both --cube and --gt (the ground truth is needed for the metrics).")
         x, georef = read_array(cube, ndim=3)
-        y, _ = read_array(gt, ndim=2)
+        try:
+            y, gt_georef = read_array(gt, ndim=2, spatial=x.shape[:2])
+        except DataError:     # none of the cube's size: name what there is (validate names the mismatch)
+            y, gt_georef = read_array(gt, ndim=2)
         if georef is not None and georef.get("nodata") is not None and (x == georef["nodata"]).any():
             n = int((x == georef["nodata"]).any(-1).sum())
-            raise DataError(f"{cube}: {n} pixels hold the GeoTIFF's nodata value {georef['nodata']}; the whole scene "
-                            "is trained on, so crop the scene to its valid pixels or fill them first.")
+            raise DataError(f"{cube}: {n} pixel{'s hold' if n > 1 else ' holds'} the GeoTIFF's nodata value "
+                            f"{georef['nodata']}; the whole scene is trained on, so crop the scene to its valid "
+                            "pixels or fill them first.")
+        if gt_georef is not None and gt_georef.get("nodata") is not None:   # no label there: unlabeled
+            y = np.where(y == gt_georef["nodata"], 0, y)
         if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
             raise DataError(f"{gt}: the ground truth holds NaN or Inf; use 0 for unlabeled pixels, 1..C for classes.")
         if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):

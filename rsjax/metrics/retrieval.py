@@ -61,9 +61,10 @@ def knn_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray,
     """kNN classification of ``test_emb`` by scikit-learn's ``KNeighborsClassifier(n_neighbors=K,
     weights='distance')`` fitted on ``train_emb`` (Euclidean distance, as scikit-learn's default).
 
-    Returns ``{K: {'oa': accuracy, 'f1': per-class F1 (n_classes,), 'f1_macro': mean F1,
-    'pred': predictions}}``, fractions in [0, 1]; a class absent from both the test labels and
-    the predictions has F1 = 0.
+    Returns ``{K: {'oa': accuracy, 'f1': per-class F1 (n_classes,), 'f1_macro': mean F1 over the
+    classes ``test_y`` holds, 'pred': predictions}}``, fractions in [0, 1]; a class absent from the
+    test labels has F1 = 0 in ``f1`` (and no part in ``f1_macro``: a query set of some classes is
+    scored on those).
     """
     from sklearn.metrics import f1_score
     from sklearn.neighbors import KNeighborsClassifier
@@ -78,7 +79,7 @@ def knn_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray,
         pred = KNeighborsClassifier(n_neighbors=int(k), weights="distance").fit(train_emb, train_y).predict(test_emb)
         f1 = f1_score(test_y, pred, labels=np.arange(n_classes), average=None, zero_division=0)
         out[int(k)] = {"oa": float(np.mean(pred == test_y)), "f1": np.asarray(f1, np.float64),
-                       "f1_macro": float(np.mean(f1)), "pred": pred}
+                       "f1_macro": float(np.mean(f1[np.unique(test_y)])), "pred": pred}
     return out
 
 

@@ -378,13 +378,24 @@ def config_conflicts(stored: Mapping, cfg) -> list[str]:
     the bank-momentum schedules are compared as far as they act (:func:`_effective_schedule`).
     Fields the stored config lacks (added to rsjax after the run was made) are not compared, nor are
     a requested ``num_classes`` of 0 and ``data_sha1`` of "" (taken from the data, as the stored ones
-    were; :mod:`rsjax.embedding` compares the data itself)."""
+    were; :mod:`rsjax.embedding` compares the data itself); datasets compare by :func:`_same_dataset`."""
     wanted = json.loads(cfg.to_json())
     stored = _effective_schedule(stored, cfg)
     wanted = _effective_schedule(wanted, cfg)
     return [f"{k}: {stored[k]!r} -> {wanted.get(k)!r}" for k in sorted(stored)
             if k not in RESUMABLE_FIELDS and stored[k] != wanted.get(k)
-            and not (k in ("num_classes", "data_sha1") and not wanted.get(k))]
+            and not (k in ("num_classes", "data_sha1") and not wanted.get(k))
+            and not (k == "dataset" and _same_dataset(stored, wanted))]
+
+
+def _same_dataset(stored: Mapping, wanted: Mapping) -> bool:
+    """Whether two configs name the same dataset: by its sha1 when both know it (so a dataset that
+    moved is still the same), else by name or absolute path (runs made before rsjax recorded either
+    stored the path as typed)."""
+    from rsjax.data.scenes import dataset_key
+    if stored.get("data_sha1") and wanted.get("data_sha1"):
+        return stored["data_sha1"] == wanted["data_sha1"]
+    return dataset_key(stored["dataset"]) == dataset_key(wanted["dataset"])
 
 
 def _effective_schedule(c: Mapping, cfg) -> dict:
