@@ -149,3 +149,11 @@ def test_unknown_config_names_are_named_with_the_known_ones():
     from rsjax import configs
     with pytest.raises(ValueError, match=r"no config named 'kmeans'; known: ce, dcnn, ms2anet.*get\('ms2anet'\)"):
         configs.get("kmeans")
+
+
+def test_training_data_of_the_wrong_form_is_named(tmp_path, data):
+    cfg = tiny_cfg("ce")
+    with pytest.raises(ValueError, match=r"labels must be \(32,\) integers of 0 or more.*from -1"):
+        embed.train(cfg, (data["images"], data["labels"] - 1), workdir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W, 3\) RGB, got shape \(32, 16, 16\)"):
+        embed.train(cfg, (data["images"][..., 0], data["labels"]), workdir=tmp_path, progress=False)

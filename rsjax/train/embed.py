@@ -362,10 +362,18 @@ def latest_checkpoint(workdir: str | Path) -> tuple[int, Path] | None:
 
 def _unpack_data(data) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(data, Mapping):
-        return np.asarray(data["images"]), np.asarray(data["labels"])
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return np.asarray(data[0]), np.asarray(data[1])
-    return np.asarray(data.images), np.asarray(data.labels)
+        images, labels = np.asarray(data["images"]), np.asarray(data["labels"])
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        images, labels = np.asarray(data.images), np.asarray(data.labels)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"training images must be (N, H, W, 3) RGB, got shape {images.shape}; "
+                        "stack grey images into three channels first.")
+    if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise DataError(f"training labels must be {images.shape[:1]} integers of 0 or more (class indices), got "
+                        f"{labels.shape} {labels.dtype}" + (f" from {labels.min()}" if labels.size else "") + ".")
+    return images, labels
 
 
 # Config fields a resumed run may change: how long it trains, how often it logs, what it keeps.
