@@ -66,9 +66,9 @@ def add_embed_parser(sub) -> None:
 
 def cmd_train(args) -> int:
     from rsjax import configs
+    from rsjax.data.scenes import dataset_key
     from rsjax.embedding import EVALUATION_FILES, train_run
     from rsjax.metrics.retrieval import format_table, scalar_scores
-    from rsjax.data.scenes import dataset_key
     cfg = configs.get(args.method)
     cfg.dataset = dataset_key(args.dataset)
     for key in ("epochs", "image_size", "batch_size", "lr", "sigma", "lam", "dim", "m", "seed", "pretrained", "dtype"):
@@ -93,10 +93,12 @@ def cmd_evaluate(args) -> int:
     from rsjax.metrics.retrieval import format_table, scalar_scores
     workdir, ckpt = locate_run(args.checkpoint)
     out = args.out or workdir / ("eval" if workdir.samefile(args.checkpoint) else f"eval_{ckpt.name}")
-    results = evaluate_run(ckpt, queries=args.queries, out_dir=out, dataset=args.dataset)   # the one named below, even if a newer one comes
+    # ckpt, not the run: the checkpoint named below even if training writes a newer one meanwhile
+    results = evaluate_run(ckpt, queries=args.queries, out_dir=out, dataset=args.dataset)
     print(json.dumps(scalar_scores(results), indent=1) if args.json else format_table(results))
     if not args.json:
-        print(f"evaluated {ckpt}; wrote {out}/: {', '.join(f for f in EVALUATION_FILES if (Path(out) / f).exists())}")
+        written = [f for f in EVALUATION_FILES if (Path(out) / f).exists()]
+        print(f"evaluated {ckpt}; wrote {out}/: {', '.join(written)}")
     return 0
 
 

@@ -136,9 +136,9 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
     """kNN accuracy/F1 (K = 1, 5, 10), k-means NMI/ACC and retrieval (mAP, MAP@R, P@1, R@K, PR
     curve) of the test split against the training archive, for a run directory (its newest
     checkpoint) or one of its checkpoints; with ``queries`` (a dataset name or path whose classes
-    are all or some of the run's, named alike), those images are the queries instead. ``extra`` is added to the results. With
-    ``out_dir``, the results go to ``out_dir/results.json``, with the figures beside them.
-    ``dataset``: as in :func:`load_run`."""
+    are two or more of the run's, named alike), those images are the queries instead. ``extra`` is
+    added to the results. With ``out_dir``, the results go to ``out_dir/results.json``, with the
+    figures beside them. ``dataset``: as in :func:`load_run`."""
     from rsjax.metrics.retrieval import evaluate_embeddings
     from rsjax.train.embed import embed
     run = load_run(path, dataset)
@@ -171,7 +171,7 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
 
 def _queries(queries: str, data: SceneImages, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The images and labels (as indices into the run's classes) of a query dataset whose classes
-    are all, or some, of the run's; a warning names queries whose file names are training images'."""
+    are two or more of the run's; a warning names queries whose file names are training images'."""
     q = load_scene_images(queries)
     unknown = [c for c in q.class_names if c not in data.class_names]
     if unknown:
