@@ -1,7 +1,18 @@
 """rsjax: MS2A-Net hyperspectral clustering and SNCA-CE scene embeddings in JAX/Flax."""
 from importlib import metadata as _metadata
 
-try:
-    __version__ = _metadata.version("rsjax")
-except _metadata.PackageNotFoundError:   # run from a checkout that is not installed
-    __version__ = "unknown"
+
+def _version() -> str:
+    """The installed distribution's version; from a checkout that is not installed (on PYTHONPATH),
+    the one its setup.cfg declares."""
+    try:
+        return _metadata.version("rsjax")
+    except _metadata.PackageNotFoundError:
+        import configparser
+        from pathlib import Path
+        cfg = configparser.ConfigParser()
+        cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+        return cfg.get("metadata", "version", fallback="unknown")
+
+
+__version__ = _version()
