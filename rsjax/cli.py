@@ -107,7 +107,7 @@ def cmd_cluster(args) -> int:
         print(json.dumps(summary["summary"], indent=2))
     else:
         print(format_table(summary))
-        print(f"wrote {out}/: metrics.json, labels_seed*.npy" + (", labels_seed*.tif" if scene.georef else "")
+        print(f"wrote {out}/: metrics.json, run.json, labels_seed*.npy" + (", labels_seed*.tif" if scene.georef else "")
               + ", class_map.png" + (", checkpoint_seed*/ (+ .json), losses_seed*.npy" if cfg.method != "kmeans" else ""))
     return 0
 
