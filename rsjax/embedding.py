@@ -30,7 +30,8 @@ def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
     A dataset other than the one a run was trained on (``cfg.data_sha1``, when set) is refused, as
     is one too small for the evaluation."""
     data = load_scene_images(cfg.dataset)
-    _check_same_data(cfg.get("data_sha1", ""), data, cfg.dataset)
+    if cfg.get("data_sha1", ""):          # a trained run's dataset: the same one only
+        _check_same_data(cfg.data_sha1, data.fingerprint(), cfg.dataset)
     train, val, test = stratified_split(data.labels, int(cfg.seed), tuple(cfg.split))
     if train.size < int(cfg.batch_size):
         raise DataError(f"{cfg.dataset}: the training split has {train.size} images, fewer than one batch of "
@@ -43,12 +44,12 @@ def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
     return data, {"train": train, "val": val, "test": test}
 
 
-def _check_same_data(stored_sha1: str, data: SceneImages, name: str) -> None:
-    """Refuse ``data`` when a run recorded another dataset's fingerprint (``stored_sha1``; "" for
-    runs made before rsjax recorded it)."""
-    if stored_sha1 and stored_sha1 != data.fingerprint():
+def _check_same_data(stored_sha1: str, sha1: str, name: str) -> None:
+    """Refuse the dataset ``name`` of fingerprint ``sha1`` (:meth:`SceneImages.fingerprint`) when a
+    run recorded another one (``stored_sha1``; "" for runs made before rsjax recorded it)."""
+    if stored_sha1 and stored_sha1 != sha1:
         raise DataError(f"{name}: its images or labels have changed since this run was trained on it (sha1 "
-                        f"{stored_sha1[:12]}... then, {data.fingerprint()[:12]}... now); the split, the memory bank "
+                        f"{stored_sha1[:12]}... then, {sha1[:12]}... now); the split, the memory bank "
                         "and the scores would not match the training. Use the dataset the run was trained on, or "
                         "train into another directory.")
 
@@ -68,11 +69,11 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     cfg = ml_collections.ConfigDict(cfg.to_dict())     # the caller's config stays as it was
     cfg.dataset = dataset_key(cfg.dataset)             # a path recorded absolute
     data, split = load_split(cfg)
+    cfg.data_sha1 = data.fingerprint()     # stored in config.json: resuming or evaluating checks it
     stored = Path(workdir) / "config.json"
     if stored.exists():                    # a run to resume: on the same data only
-        _check_same_data(json.loads(stored.read_text()).get("data_sha1", ""), data, cfg.dataset)
+        _check_same_data(json.loads(stored.read_text()).get("data_sha1", ""), cfg.data_sha1, cfg.dataset)
     cfg.num_classes = data.n_classes
-    cfg.data_sha1 = data.fingerprint()     # stored in config.json: resuming or evaluating checks it
     model = build_model(cfg, data.n_classes)
     pre = _preprocess(cfg)
     val_fn = knn_val_fn(model, data.images[split["val"]], data.labels[split["val"]], k=int(cfg.knn_k),

@@ -33,10 +33,8 @@ from threadpoolctl import threadpool_limits
 from rsjax.metrics.clustering import clustering_scores, kmeans
 
 DEFAULT_RECALL_LEVELS = np.linspace(0.0, 1.0, 11)
-
-
-
 KS = (1, 5, 10)   # the K of kNN classification and Recall@K (the paper's)
+
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero)."""

@@ -9,10 +9,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.lines import Line2D
-
-from rsjax.metrics.retrieval import l2_normalize, nearest_neighbors
 from matplotlib.ticker import MaxNLocator
 
+from rsjax.metrics.retrieval import l2_normalize, nearest_neighbors
 from rsjax.plots.common import palette, plt, savefig
 
 
