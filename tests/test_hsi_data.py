@@ -134,16 +134,71 @@ def test_shared_scenes(shared_data):
 
 
 def test_paper_scene_layout(tmp_path, monkeypatch):
-    """Trento / Houston files as the authors' code reads them ('HSI' and 'GT' keys); Houston cropped."""
+    """Trento / Houston files as the authors' code reads them ('HSI' and 'GT' keys). Houston's full
+    scene is cropped to the paper's subset, a file holding the subset is taken as it is, and the
+    standard Houston labels present (1, 5, 7, 9, 12, 14) become the paper's classes 1..6."""
     monkeypatch.setenv("RSJAX_DATA", str(tmp_path))
     (tmp_path / "houston2013").mkdir()
-    cube = np.random.default_rng(0).uniform(size=(349, 820, 3)).astype(np.float32)
-    gt = np.zeros((349, 820), np.uint8); gt[100, 600] = 2
-    scipy.io.savemat(tmp_path / "houston2013" / "Houston.mat", {"HSI": cube, "GT": gt})
+    path = tmp_path / "houston2013" / "Houston.mat"
+    cube = np.random.default_rng(0).uniform(size=(349, 1905, 2)).astype(np.float32)
+    gt = np.zeros((349, 1905), np.uint8)
+    gt[0, 0] = 3                                             # outside the subset
+    for k, label in enumerate([1, 5, 7, 9, 12, 14]):
+        gt[100 + k, 600] = label
+    scipy.io.savemat(path, {"HSI": cube, "GT": gt[..., None]})   # a trailing axis of 1 is fine
     s = REGISTRY["houston2013"]()
-    assert s.cube.shape == (300, 300, 3) and s.gt[60, 100] == 2
+    np.testing.assert_array_equal(s.cube, cube[40:340, 500:800])
+    assert s.gt[60:66, 100].tolist() == [1, 2, 3, 4, 5, 6] and s.gt.sum() == 21 and s.source == str(path)
+    scipy.io.savemat(path, {"HSI": cube[40:340, 500:800], "GT": gt[40:340, 500:800]})
+    np.testing.assert_array_equal(REGISTRY["houston2013"]().gt, s.gt)
+    scipy.io.savemat(path, {"HSI": cube[:300, :700], "GT": gt[:300, :700]})
+    with pytest.raises(DataError, match=r"300 x 700 pixels, neither the full 349 x 1905 scene .* nor the paper's 300 x 300"):
+        REGISTRY["houston2013"]()
+    gt[101, 601] = 2
+    scipy.io.savemat(path, {"HSI": cube, "GT": gt})
+    with pytest.raises(DataError, match=r"GT holds 7 classes \(1, 2, 5, 7, 9, 12, 14\) where the paper's houston2013 has 6"):
+        REGISTRY["houston2013"]()
+    scipy.io.savemat(path, {"cube": cube, "labels": gt})
+    with pytest.raises(DataError, match=r"no array named 'HSI'.*--cube .*Houston.mat:KEY --gt"):
+        REGISTRY["houston2013"]()
     with pytest.raises(DataError, match="Trento.mat does not exist"):
         REGISTRY["trento"]()
+
+
+def test_envi_nodata_and_data_file(tmp_path):
+    """An ENVI header's 'data ignore value' is the cube's nodata (refused, as a GeoTIFF's) and the
+    ground truth's unlabeled value; a missing data file, or the data file passed for the header,
+    is named with its fix."""
+    envi = pytest.importorskip("spectral.io.envi")
+    cube, gt = _cube()
+    np.save(tmp_path / "gt.npy", gt)
+    cube[2, 3] = -9999
+    envi.save_image(str(tmp_path / "c.hdr"), cube, force=True, metadata={"data ignore value": -9999})
+    with pytest.raises(DataError, match=r"c.hdr: 1 pixel holds the ENVI header's data ignore value -9999; .*crop the scene"):
+        load_scene(cube=tmp_path / "c.hdr", gt=tmp_path / "gt.npy")
+    with pytest.raises(DataError, match=r"c.img: an ENVI data file; pass its header .*c.hdr instead"):
+        load_scene(cube=tmp_path / "c.img", gt=tmp_path / "gt.npy")
+    g = gt.astype(np.int16)
+    g[0, 0] = 99
+    envi.save_image(str(tmp_path / "g.hdr"), g[..., None], force=True, metadata={"data ignore value": 99})
+    cube[2, 3] = 1.0
+    np.save(tmp_path / "c.npy", cube)
+    scene = load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.hdr")
+    assert scene.gt[0, 0] == 0 and scene.n_classes == np.unique(gt[gt > 0]).size
+    (tmp_path / "c.img").unlink()
+    with pytest.raises(DataError, match=r"c.hdr: the ENVI header's data file is missing; put it beside the header"):
+        read_array(tmp_path / "c.hdr", ndim=3)
+
+
+def test_hdf5_written_from_numpy_is_named(tmp_path):
+    """A .mat written with h5py from numpy (not transposed as MATLAB writes) is read in MATLAB's axis
+    order; the shape mismatch names that, not a bands-first cube."""
+    h5py = pytest.importorskip("h5py")
+    cube, gt = _cube(h=6, w=5, d=4)
+    with h5py.File(tmp_path / "c.mat", "w") as f:
+        f["HSI"], f["GT"] = cube, gt
+    with pytest.raises(DataError, match=r"c.mat is HDF5 \(MATLAB v7.3\), read in MATLAB's axis order.*cube.T"):
+        load_scene(cube=f"{tmp_path / 'c.mat'}:HSI", gt=f"{tmp_path / 'c.mat'}:GT")
 
 
 def test_data_errors_name_what_is_missing(tmp_path, monkeypatch):

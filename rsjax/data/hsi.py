@@ -45,12 +45,37 @@ def _read_mat(path: Path) -> dict[str, np.ndarray]:
     return {k: v for k, v in raw.items() if not k.startswith("__")}
 
 
-def _read_envi(path: Path) -> np.ndarray:
+ENVI_DATA_SUFFIXES = (".img", ".dat", ".raw", ".bin", ".sli", ".hyspex", ".bsq", ".bil", ".bip")  # as spectral looks
+
+
+def _envi(path: Path):
     try:
         import spectral.io.envi as envi
     except ImportError as e:
         raise DataError(f"{path}: reading ENVI files needs the 'spectral' package: pip install 'rsjax[geo]'") from e
-    return np.asarray(envi.open(str(path)).load())
+    return envi
+
+
+def _read_envi(path: Path) -> np.ndarray:
+    envi = _envi(path)
+    try:
+        image = envi.open(str(path))
+    except envi.EnviDataFileNotFoundError as e:
+        raise DataError(f"{path}: the ENVI header's data file is missing; put it beside the header, named as the "
+                        f"header without .hdr or with one of {', '.join(ENVI_DATA_SUFFIXES)}.") from e
+    return np.asarray(image.load())
+
+
+def nodata_value(path: str | Path, georef: dict | None) -> float | None:
+    """The value that marks pixels without data: a GeoTIFF's nodata, an ENVI header's
+    ``data ignore value``; None when the file names none."""
+    if georef is not None:
+        return georef.get("nodata")
+    path = Path(path)
+    if path.suffix.lower() != ".hdr" or not path.exists():
+        return None
+    value = _envi(path).read_envi_header(str(path)).get("data ignore value")
+    return float(value) if value is not None else None
 
 
 def _read_geotiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -95,6 +120,8 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
         elif suffix in (".tif", ".tiff"):
             data, georef = _read_geotiff(path)
             arrays = {"array": data if data.shape[-1] > 1 or ndim != 2 else data[..., 0]}
+        elif suffix in ENVI_DATA_SUFFIXES and path.with_suffix(".hdr").exists():
+            raise DataError(f"{path}: an ENVI data file; pass its header {path.with_suffix('.hdr')} instead.")
         else:
             raise DataError(f"{path}: unknown file type {suffix!r}; use .mat, .npy, .npz, .hdr (ENVI) or .tif (GeoTIFF).")
     except DataError:
@@ -168,6 +195,15 @@ def minmax_scale(cube: np.ndarray) -> np.ndarray:
     return ((cube - lo) / (hi - lo)).astype(np.float32)
 
 
+def _hdf5_mat(path: str | Path) -> Path | None:
+    """The file of ``path`` (``file.mat:KEY`` too) when it is an HDF5 (MATLAB v7.3) .mat file."""
+    import h5py
+    path = Path(path)
+    if not path.exists() and ":" in path.name:
+        path = path.with_name(path.name.rpartition(":")[0])
+    return path if path.suffix.lower() == ".mat" and path.is_file() and h5py.is_hdf5(path) else None
+
+
 def _relabel(gt: np.ndarray, values: list[int]) -> np.ndarray:
     """Map label ``values[i]`` to ``i + 1``; everything else to 0."""
     out = np.zeros(gt.shape, np.int32)
@@ -194,7 +230,7 @@ def _indian_pines_subset() -> Scene:
     cube, _ = read_array(path, "X")
     gt, _ = read_array(path, "grd")
     return Scene("indian-pines-subset", cube.astype(np.float32), gt.astype(np.int32),
-                 ["Corn-notill", "Grass-trees", "Soybean-notill", "Soybean-mintill"])
+                 ["Corn-notill", "Grass-trees", "Soybean-notill", "Soybean-mintill"], source=str(path))
 
 
 def _samson() -> Scene:
@@ -204,19 +240,38 @@ def _samson() -> Scene:
     h, w = s_gt.shape[:2]
     cube = y.T.reshape(w, h, -1).transpose(1, 0, 2)    # pixel p is (p % h, p // h)
     gt = s_gt.argmax(-1).astype(np.int32) + 1
-    return Scene("samson", cube.astype(np.float32), gt, ["Soil", "Tree", "Water"])
+    return Scene("samson", cube.astype(np.float32), gt, ["Soil", "Tree", "Water"], source=str(path))
 
 
 def _paper_scene(folder: str, filename: str, name: str, classes: list[str],
-                 crop: tuple[slice, slice] | None = None) -> Callable[[], Scene]:
-    """The layout of the paper's files: one .mat with keys 'HSI' and 'GT' (the authors' code)."""
+                 crop: tuple[slice, slice] | None = None, full: tuple[int, int] | None = None) -> Callable[[], Scene]:
+    """The layout of the paper's files: one .mat with keys 'HSI' and 'GT' (the authors' code).
+    ``crop`` is the paper's subset of the ``full`` scene; a file that already holds the subset is
+    taken as it is. The labels present are numbered 1..C in ascending order and must be as many as
+    ``classes`` (the paper's, in the order of its standard numbering)."""
     def load() -> Scene:
         path = dataset_file(folder, filename)
-        cube, _ = read_array(path, "HSI")
-        gt, _ = read_array(path, "GT")
+        try:
+            cube, _ = read_array(path, "HSI", ndim=3)
+            gt, _ = read_array(path, "GT", ndim=2)
+        except DataError as e:
+            raise DataError(f"{e} The scene {name!r} reads the keys HSI and GT, as the authors' code does; for a "
+                            f"file of other keys pass --cube {path}:KEY --gt {path}:KEY.") from e
         if crop is not None:
-            cube, gt = cube[crop], gt[crop]
-        return Scene(name, cube.astype(np.float32), gt.astype(np.int32), classes)
+            sub = tuple(s.stop - s.start for s in crop)
+            if cube.shape[:2] == tuple(full):
+                cube, gt = cube[crop], gt[crop]
+            elif cube.shape[:2] != sub:
+                raise DataError(f"{path}: HSI is {cube.shape[0]} x {cube.shape[1]} pixels, neither the full "
+                                f"{full[0]} x {full[1]} scene (cropped to rows {crop[0].start}:{crop[0].stop}, "
+                                f"columns {crop[1].start}:{crop[1].stop}) nor the paper's {sub[0]} x {sub[1]} subset; "
+                                "pass your file with --cube and --gt instead.")
+        values = sorted(int(v) for v in np.unique(gt) if v > 0)
+        if gt.shape == cube.shape[:2] and len(values) != len(classes):
+            raise DataError(f"{path}: GT holds {len(values)} classes ({', '.join(map(str, values[:20]))}) where the "
+                            f"paper's {name} has {len(classes)} ({', '.join(classes)}); pass your file with --cube "
+                            "and --gt (and --class-names) instead.")
+        return Scene(name, cube.astype(np.float32), _relabel(gt, values), classes, source=str(path))
     return load
 
 
@@ -228,7 +283,7 @@ REGISTRY: dict[str, Callable[[], Scene]] = {
                            ["Apple trees", "Buildings", "Ground", "Wood", "Vineyard", "Roads"]),
     "houston2013": _paper_scene("houston2013", "Houston.mat", "houston2013",
                                 ["Healthy grass", "Soil", "Residential", "Road", "Parking lot", "Tennis court"],
-                                crop=(slice(40, 340), slice(500, 800))),
+                                crop=(slice(40, 340), slice(500, 800)), full=(349, 1905)),
 }
 
 
@@ -244,13 +299,20 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
             y, gt_georef = read_array(gt, ndim=2, spatial=x.shape[:2])
         except DataError:     # none of the cube's size: name what there is (validate names the mismatch)
             y, gt_georef = read_array(gt, ndim=2)
-        if georef is not None and georef.get("nodata") is not None and (x == georef["nodata"]).any():
-            n = int((x == georef["nodata"]).any(-1).sum())
-            raise DataError(f"{cube}: {n} pixel{'s hold' if n > 1 else ' holds'} the GeoTIFF's nodata value "
-                            f"{georef['nodata']}; the whole scene is trained on, so crop the scene to its valid "
+        if y.shape != x.shape[:2] and (hdf5 := list(dict.fromkeys(str(f) for f in map(_hdf5_mat, (cube, gt)) if f))):
+            raise DataError(f"{cube} (ground truth {gt}): the ground truth's shape {y.shape} does not match the "
+                            f"cube's spatial shape {x.shape[:2]}. {' and '.join(hdf5)} {'is' if len(hdf5) == 1 else 'are'} "
+                            "HDF5 (MATLAB v7.3), read in MATLAB's axis order (h5py shows it reversed): an array "
+                            "written from numpy with h5py must be written transposed (cube.T), or saved as .npy/.npz.")
+        nodata = nodata_value(cube, georef)
+        if nodata is not None and (x == nodata).any():
+            n = int((x == nodata).any(-1).sum())
+            what = "GeoTIFF's nodata value" if georef is not None else "ENVI header's data ignore value"
+            raise DataError(f"{cube}: {n} pixel{'s hold' if n > 1 else ' holds'} the {what} "
+                            f"{nodata:g}; the whole scene is trained on, so crop the scene to its valid "
                             "pixels or fill them first.")
-        if gt_georef is not None and gt_georef.get("nodata") is not None:   # no label there: unlabeled
-            y = np.where(y == gt_georef["nodata"], 0, y)
+        if (gt_nodata := nodata_value(gt, gt_georef)) is not None:   # no label there: unlabeled
+            y = np.where(y == gt_nodata, 0, y)
         if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
             raise DataError(f"{gt}: the ground truth holds NaN or Inf; use 0 for unlabeled pixels, 1..C for classes.")
         if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
