@@ -29,7 +29,7 @@ def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
     """The dataset of ``cfg`` and its stratified train/val/test indices (deterministic per seed).
     A dataset other than the one a run was trained on (``cfg.data_sha1``, when set) is refused, as
     is one too small for the evaluation."""
-    data = load_scene_images(cfg.dataset)
+    data = load_scene_images(cfg.dataset, _load_size(cfg))
     if cfg.get("data_sha1", ""):          # a trained run's dataset: the same one only
         _check_same_data(cfg.data_sha1, data.fingerprint(), cfg.dataset)
     train, val, test = stratified_split(data.labels, int(cfg.seed), tuple(cfg.split))
@@ -42,6 +42,11 @@ def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
                         f"test split {test.size}, but kNN needs at least {k} training images and k-means at least "
                         f"one test image per class ({data.n_classes}); use a dataset with more images per class.")
     return data, {"train": train, "val": val, "test": test}
+
+
+def _load_size(cfg) -> int | None:
+    """The size a run holds its images at (``cfg.load_size``; None: as stored)."""
+    return int(cfg.get("load_size", 0)) or None
 
 
 def _check_same_data(stored_sha1: str, sha1: str, name: str) -> None:
@@ -150,7 +155,7 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
     if queries is None:
         q_images, q_labels = data.images[split["test"]], data.labels[split["test"]]
     else:
-        q_images, q_labels = _queries(queries, data, split["train"])
+        q_images, q_labels = _queries(queries, data, split["train"], _load_size(cfg))
     q_emb = emb(q_images)
     results = evaluate_embeddings(archive, data.labels[split["train"]], q_emb, q_labels, data.n_classes,
                                   seed=int(cfg.seed), class_names=data.class_names, threads=1)
@@ -170,10 +175,11 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
     return results
 
 
-def _queries(queries: str, data: SceneImages, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The images and labels (as indices into the run's classes) of a query dataset whose classes
-    are two or more of the run's; a warning names queries whose file names are training images'."""
-    q = load_scene_images(queries)
+def _queries(queries: str, data: SceneImages, train: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The images (held at ``size`` as the run's, :func:`_load_size`) and labels (as indices into
+    the run's classes) of a query dataset whose classes are two or more of the run's; a warning
+    names queries whose file names are training images'."""
+    q = load_scene_images(queries, size)
     unknown = [c for c in q.class_names if c not in data.class_names]
     if unknown:
         case = [c for c in unknown if c.lower() in {n.lower() for n in data.class_names}]

@@ -187,6 +187,17 @@ def test_datasets_too_small_to_evaluate_and_empty_names_are_refused_before_train
     assert "the dataset is empty" in capsys.readouterr().err
 
 
+def test_load_size_holds_the_dataset_and_the_queries_resized(tiny_npz):
+    from rsjax import configs
+    from rsjax.embedding import _queries, load_split
+    cfg = configs.get("snca-ce-mb")
+    cfg.dataset, cfg.batch_size, cfg.load_size = str(tiny_npz), 8, 12
+    data, split = load_split(cfg)
+    assert data.images.shape == (40, 12, 12, 3)
+    images, labels = _queries(str(tiny_npz), data, split["train"], 12)
+    assert images.shape == (40, 12, 12, 3) and labels.tolist() == data.labels.tolist()
+
+
 def test_dataset_paths_are_recorded_absolute_and_names_as_they_are(tmp_path, monkeypatch):
     from rsjax.data.scenes import dataset_key
     monkeypatch.chdir(tmp_path)

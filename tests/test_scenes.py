@@ -31,6 +31,20 @@ def test_folder_odd_sizes_resized(tmp_path):
     assert d8.images.shape == (4, 8, 8, 3)
 
 
+def test_folder_read_in_place_and_refused_when_it_would_not_fit_in_memory(tmp_path, monkeypatch):
+    """Every image lands in its own row (read in parallel into one array), and a folder larger than
+    the memory available is refused before reading, naming the size that would fit."""
+    import rsjax.data.scenes as scenes
+    root = _write_folder(tmp_path / "s", {"a": [(20, 20)] * 3, "b": [(20, 20)] * 3})
+    d = load_scene_images(root)
+    for i, f in enumerate(d.files):
+        np.testing.assert_array_equal(d.images[i], scenes.read_image(root / f, None))
+    monkeypatch.setattr(scenes, "available_memory", lambda: 6 * 20 * 20 * 3 - 1)
+    with pytest.raises(DataError, match=r"6 images take .* GiB in memory at 20 x 20, more than .*--load-size N"):
+        load_scene_images(root)
+    assert load_scene_images(root, size=8).images.shape == (6, 8, 8, 3)
+
+
 def test_folder_jpeg_and_grayscale_tiff(tmp_path):
     root = tmp_path / "s"
     (root / "a").mkdir(parents=True)

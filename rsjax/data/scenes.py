@@ -176,10 +176,31 @@ def load_folder(root: str | Path, size: int | None = None, workers: int = 4) -> 
         with ThreadPoolExecutor(workers) as pool:
             shapes = list(pool.map(_image_shape, files))
         target = collections.Counter(shapes).most_common(1)[0][0]
+    need, free = len(files) * target[0] * target[1] * 3, available_memory()
+    if free is not None and need > free:
+        raise DataError(f"{root}: its {len(files)} images take {need / 2**30:.1f} GiB in memory at {target[0]} x "
+                        f"{target[1]}, more than the {free / 2**30:.1f} GiB available; hold them smaller (rsjax embed "
+                        "train --load-size N, or size=N here), for example at the training --image-size.")
+    images = np.empty((len(files), *target, 3), np.uint8)     # filled in place: no second copy
+
+    def read_into(i: int) -> None:
+        images[i] = read_image(files[i], target)
     with ThreadPoolExecutor(workers) as pool:
-        images = list(pool.map(lambda p: read_image(p, target), files))
-    return SceneImages(np.stack(images), np.asarray(labels, np.int32), [d.name for d in class_dirs],
+        list(pool.map(read_into, range(len(files))))
+    return SceneImages(images, np.asarray(labels, np.int32), [d.name for d in class_dirs],
                        [str(p.relative_to(root)) for p in files])
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def load_npz(path: str | Path, size: int | None = None) -> SceneImages:
