@@ -29,6 +29,10 @@ def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
     """The dataset of ``cfg`` and its stratified train/val/test indices (deterministic per seed).
     A dataset other than the one a run was trained on (``cfg.data_sha1``, when set) is refused, as
     is one too small for the evaluation."""
+    if cfg.get("data_sha1", "") and Path(cfg.dataset).is_absolute() and not Path(cfg.dataset).exists():
+        raise DataError(f"{cfg.dataset}: the run's dataset is not there any more; if it has moved, pass --dataset "
+                        "NEW_PATH (embed evaluate and retrieve; embed train --dataset NEW_PATH resumes), "
+                        "checked against the sha1 the run recorded.")
     data = load_scene_images(cfg.dataset, _load_size(cfg))
     if cfg.get("data_sha1", ""):          # a trained run's dataset: the same one only
         _check_same_data(cfg.data_sha1, data.fingerprint(), cfg.dataset)

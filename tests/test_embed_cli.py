@@ -231,7 +231,8 @@ def test_a_moved_dataset_is_found_again_by_its_sha1(trained_run, tiny_npz, tmp_p
     cfg = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**cfg, "dataset": str(tmp_path / "gone.npz")}))
     assert main(["embed", "evaluate", str(copy), "--out", str(tmp_path / "e")]) == 2
-    assert "gone.npz: no such file" in capsys.readouterr().err
+    assert "gone.npz: the run's dataset is not there any more; if it has moved, pass --dataset NEW_PATH" in \
+        capsys.readouterr().err
     assert main(["embed", "evaluate", str(copy), "--dataset", str(tmp_path / "moved.npz"), "--json",
                  "--out", str(tmp_path / "e")]) == 0
     assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(

@@ -62,6 +62,24 @@ def test_empty_class_folder(tmp_path):
         load_scene_images(root)
 
 
+def test_parent_of_the_class_folders_is_named_and_macosx_skipped(tmp_path):
+    """UC Merced's archive unpacks to UCMerced_LandUse/Images/<class>/: passing the parent names
+    the folder to pass; a zip's __MACOSX folder is not a class."""
+    root = _write_folder(tmp_path / "UCMerced_LandUse" / "Images", {"agricultural": [(8, 8)], "beach": [(8, 8)]})
+    with pytest.raises(DataError, match=r"class folder 'Images' holds no images .* It holds folders \(agricultural, "
+                                        r"beach, \.\.\.\): if those are the classes, pass .*Images itself"):
+        load_scene_images(tmp_path / "UCMerced_LandUse")
+    (root / "__MACOSX" / "beach").mkdir(parents=True)
+    assert load_scene_images(root).class_names == ["agricultural", "beach"]
+
+
+def test_npz_of_python_objects_names_the_fix(tmp_path):
+    np.savez(tmp_path / "o.npz", images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.array([0, 1]),
+             class_names=np.array(["a", "b"], dtype=object))
+    with pytest.raises(DataError, match=r"holds Python objects.*class_names=numpy.array\(names, dtype=str\)"):
+        load_scene_images(tmp_path / "o.npz")
+
+
 def test_unreadable_image_named(tmp_path):
     root = _write_folder(tmp_path / "s", {"a": [(8, 8)]})
     (root / "a" / "broken.jpg").write_bytes(b"this is not a jpeg")

@@ -156,7 +156,7 @@ def load_folder(root: str | Path, size: int | None = None, workers: int = 4) -> 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; pass a folder whose sub-folders are the classes.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
     if not class_dirs:
         raise DataError(f"{root}: no class folders inside; pass the folder whose sub-folders are the classes "
                         f"(for UC Merced, the 'Images' folder).")
@@ -166,8 +166,11 @@ def load_folder(root: str | Path, size: int | None = None, workers: int = 4) -> 
         members = sorted(p for p in d.iterdir()
                          if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
         if not members:
+            inner = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            hint = (f" It holds folders ({', '.join(sorted(p.name for p in inner)[:3])}, ...): if those are the "
+                    f"classes, pass {d} itself." if inner else "")
             raise DataError(f"{d}: class folder '{d.name}' holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                            f"add its images or remove the folder.")
+                            f"add its images or remove the folder.{hint}")
         files += members
         labels += [label] * len(members)
     if size is not None:
@@ -212,7 +215,13 @@ def load_npz(path: str | Path, size: int | None = None) -> SceneImages:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except ValueError as e:
+        if "Object arrays" in str(e):
+            raise DataError(f"{path}: an array in it holds Python objects, which rsjax does not unpickle; save the "
+                            "class names as a str array: class_names=numpy.array(names, dtype=str).") from e
+        raise DataError(f"{path}: cannot read it as an .npz archive ({type(e).__name__}: {str(e)[:120]}); write it "
+                        "with numpy.savez(path, images=..., labels=..., class_names=...).") from e
+    except OSError as e:
         raise DataError(f"{path}: cannot read it as an .npz archive ({type(e).__name__}: {str(e)[:120]}); write it "
                         "with numpy.savez(path, images=..., labels=..., class_names=...).") from e
     missing = [k for k in ("images", "labels", "class_names") if k not in arrays]
