@@ -30,12 +30,13 @@ def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False, checkpoin
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}.")
     x = minmax_scale(scene.cube)
+    if cfg.method != "kmeans":
+        from rsjax.train.hsi import fit  # JAX is imported only when a network is trained, and not timed
     t0 = time.perf_counter()
     fitted = None
     if cfg.method == "kmeans":
         features = x
     else:
-        from rsjax.train.hsi import fit  # JAX is imported only when a network is trained
         fitted = fit(cfg, x, seed, progress=progress, checkpoint=checkpoint)
         features = fitted["code"]
     # k-means seed: the authors fix random_state=0; the spectra baseline varies it per seed.

@@ -87,7 +87,7 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     pre = _preprocess(cfg)
     val_fn = knn_val_fn(model, data.images[split["val"]], data.labels[split["val"]], k=int(cfg.knn_k),
                         batch_size=int(cfg.eval_batch_size), preprocess=pre,
-                        train_images=data.images[split["train"]])
+                        train_images=data.images[split["train"]]) if split["val"].size else None
     train(cfg, data.subset(split["train"]), workdir=workdir, val_fn=val_fn, progress=progress,
           augment=functools.partial(augment, size=int(cfg.image_size)))
     return evaluate_run(workdir, out_dir=workdir, extra=extra)
@@ -212,7 +212,11 @@ def _figures(out: Path, run: LoadedRun, results: dict, queries: tuple, archive: 
                                        similarity_matrix_figure, tsne_figure)
     cfg, names, train = run.cfg, run.data.class_names, run.split["train"]
     q_images, q_emb, q_labels = queries
-    tsne_figure(q_emb, q_labels, out / "tsne.png", names, seed=int(cfg.seed), title=f"{cfg.method}: t-SNE")
+    if len(q_emb) >= 3:
+        tsne_figure(q_emb, q_labels, out / "tsne.png", names, seed=int(cfg.seed), title=f"{cfg.method}: t-SNE")
+    else:                           # t-SNE needs 3 points; no stale figure of another evaluation is left
+        (out / "tsne.png").unlink(missing_ok=True)
+        print(f"note: no t-SNE figure for {len(q_emb)} queries (it needs 3 or more).", file=sys.stderr)
     similarity_matrix_figure(q_emb, q_labels, out / "similarity.png", names, title=f"{cfg.method}")
     pr_curves_figure({cfg.method: results}, out / "pr_curve.png", title="test queries vs train archive")
     retrieval_figure(q_images, q_emb, q_labels, run.data.images[train], archive, run.data.labels[train],

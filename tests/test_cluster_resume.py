@@ -209,3 +209,11 @@ def test_a_folder_of_a_run_made_before_run_json_is_checked_by_its_seeds_and_stam
     chunks.update(n=0)
     cluster.run(scene, _cfg(chunk=3), [0], out_dir=tmp_path, progress=False)   # already trained
     assert chunks["n"] == 0 and (tmp_path / "run.json").is_file()
+
+
+@pytest.mark.parametrize("iters,chunk", [(0, 4), (4, 0)])
+def test_fit_names_iterations_or_chunks_that_are_not_positive(scene, iters, chunk):
+    cfg = configs.get("ms2anet")
+    cfg.iters, cfg.chunk = iters, chunk
+    with pytest.raises(ValueError, match=f"iters and chunk must be positive, got iters={iters}, chunk={chunk}"):
+        hsi.fit(cfg, minmax_scale(scene.cube), seed=0, progress=False)

@@ -134,7 +134,7 @@ def test_queries_of_some_classes_are_scored_against_the_run_s_labels(trained_run
              class_names=np.array(["green", "yellow"]), files=d["files"][pick])
     got = evaluate_run(workdir, queries=str(tmp_path / "q.npz"))
     assert got["n_queries"] == got["n_test"] == 20
-    assert set(got["per_class_f1"]["1"]) == {"red", "green", "blue", "yellow"}
+    assert set(got["per_class_f1"]["1"]) == {"green", "yellow"}          # the classes queried
     assert got["knn_oa@1"] > 50                            # colour-coded classes: a wrong mapping would score ~0
     assert "14 of the 20 queries have the file name of a training image" in capsys.readouterr().err   # 7 of 10 per class train
 
@@ -196,6 +196,30 @@ def test_load_size_holds_the_dataset_and_the_queries_resized(tiny_npz):
     assert data.images.shape == (40, 12, 12, 3)
     images, labels = _queries(str(tiny_npz), data, split["train"], 12)
     assert images.shape == (40, 12, 12, 3) and labels.tolist() == data.labels.tolist()
+
+
+def test_two_queries_are_scored_without_a_t_sne(trained_run, tiny_npz, tmp_path, capsys):
+    from rsjax.embedding import evaluate_run
+    workdir, _ = trained_run
+    d = np.load(tiny_npz)
+    np.savez(tmp_path / "q2.npz", images=d["images"][[0, 10]], labels=np.array([0, 1], np.int32),
+             class_names=np.array(["red", "green"]))
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "tsne.png").write_bytes(b"an earlier evaluation's")
+    got = evaluate_run(workdir, queries=str(tmp_path / "q2.npz"), out_dir=tmp_path / "e")
+    assert got["n_test"] == 2 and (tmp_path / "e" / "results.json").exists()
+    assert not (tmp_path / "e" / "tsne.png").exists() and (tmp_path / "e" / "retrieval.png").exists()
+    assert "no t-SNE figure for 2 queries (it needs 3 or more)" in capsys.readouterr().err
+
+
+def test_a_split_without_validation_trains_and_evaluates(tiny_npz, tmp_path):
+    from rsjax import configs
+    from rsjax.embedding import train_run
+    cfg = configs.get("ce")
+    cfg.dataset, cfg.epochs, cfg.image_size, cfg.batch_size, cfg.split = str(tiny_npz), 1, 16, 8, (0.8, 0.0, 0.2)
+    cfg.stage_sizes, cfg.num_filters, cfg.dim, cfg.eval_batch_size = (1, 1, 1, 1), 8, 16, 16
+    results = train_run(cfg, tmp_path / "run", progress=False)
+    assert results["n_test"] == 8 and "val_knn_acc" not in json.loads((tmp_path / "run" / "history.json").read_text())[0]
 
 
 def test_dataset_paths_are_recorded_absolute_and_names_as_they_are(tmp_path, monkeypatch):

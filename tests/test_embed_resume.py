@@ -157,3 +157,7 @@ def test_training_data_of_the_wrong_form_is_named(tmp_path, data):
         embed.train(cfg, (data["images"], data["labels"] - 1), workdir=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"images must be \(N, H, W, 3\) RGB, got shape \(32, 16, 16\)"):
         embed.train(cfg, (data["images"][..., 0], data["labels"]), workdir=tmp_path, progress=False)
+    cfg.num_classes = C - 1
+    with pytest.raises(ValueError, match=rf"labels span \[0, {C - 1}\] but cfg.num_classes is {C - 1}.*set num_classes "
+                                         rf"to {C} \(or 0: from the labels\)"):
+        embed.train(cfg, data, workdir=tmp_path, progress=False)

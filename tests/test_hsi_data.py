@@ -298,3 +298,19 @@ def test_geotiff_ground_truth_nodata_is_unlabeled(tmp_path):
         dst.write(gt[None])
     scene = load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.tif")
     assert (scene.gt[0, :3] == 0).all() and scene.n_classes == len(np.unique(gt[(gt > 0) & (gt < 255)]))
+
+
+@pytest.mark.parametrize("gt_of,names,says", [
+    (lambda g: g, ["a", "b", "c"], r"labels \(1, 2, 3, 4, 5, 6\) are not 1\.\.3, one per class name \(3\)"),
+    (lambda g: g - 1, list("abcdef"), r"labels \(1, 2, 3, 4, 5\) are not 1\.\.6"),
+    (lambda g: g - 2, list("abcdef"), r"holds negative values \(-1\)"),
+    (lambda g: g.astype(np.float32), list("abcdef"), r"must hold integers .* got float32")])
+def test_validate_checks_a_hand_built_scene_s_labels(gt_of, names, says):
+    """A Scene built by hand (not by load_scene, which numbers the labels) must hold 1..C, one per
+    class name, before clustering: k-means takes k from the names and the table indexes 1..C."""
+    from rsjax.data.hsi import Scene
+    gt = np.repeat(np.arange(1, 7), 4).reshape(4, 6).astype(np.int32)
+    cube = np.random.default_rng(0).uniform(size=(4, 6, 3)).astype(np.float32)
+    with pytest.raises(DataError, match=says):
+        validate(Scene("mine", cube, gt_of(gt), names))
+    validate(Scene("mine", cube, gt, list("abcdef")))

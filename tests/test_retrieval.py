@@ -153,6 +153,16 @@ def test_retrieval_errors():
         retrieval_scores(q, qy, a, ay, recall_levels=np.array([0.0, 1.5]))
 
 
+def test_class_labels_must_index_the_classes():
+    q, qy, a, ay = _random_case(0)
+    c = int(max(qy.max(), ay.max())) + 1
+    with pytest.raises(ValueError, match=r"test: labels must be class indices, integers 0 \.\. C - 1; got float64"):
+        knn_scores(a, ay, q, qy.astype(np.float64))
+    with pytest.raises(ValueError, match=rf"train: labels must be class indices, integers 0 \.\. {c - 1}; got int64 "
+                                         rf"\[1, {c}\]"):
+        evaluate_embeddings(a, ay.astype(np.int64) + 1, q, qy, c)
+
+
 # ----------------------------------------------------------------------------- kNN and k-means
 
 def test_knn_matches_naive_weighted_vote():

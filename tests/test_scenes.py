@@ -181,6 +181,9 @@ def test_scene_images_validation():
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0]), ["a"])
     with pytest.raises(DataError, match=r"labels span \[0, 3\] but there are"):
         SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 3]), ["a"])
+    with pytest.raises(DataError, match="labels must be integer class indices, got float64 with fractions"):
+        SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0.0, 0.7]), ["a"])
+    assert SceneImages(np.zeros((2, 4, 4, 3), np.uint8), np.array([0.0, 1.0]), ["a", "b"]).labels.tolist() == [0, 1]
 
 
 @pytest.mark.datasets("ucmerced_subset")

@@ -177,8 +177,19 @@ def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
         raise DataError(f"{where}: band{'s' if flat.size > 1 else ''} {flat.tolist()[:10]} (0-based) "
                         f"{'are' if flat.size > 1 else 'is'} constant (zero min-max range) and cannot be scaled; "
                         "drop the constant bands from the cube and pass it again.")
+    if gt.dtype.kind not in "iu":
+        raise DataError(f"{where}: the ground truth must hold integers (0 = unlabeled, 1..C classes), got {gt.dtype}.")
+    if (gt < 0).any():
+        raise DataError(f"{where}: the ground truth holds negative values ({int(gt.min())}); use 0 for unlabeled "
+                        "pixels and 1..C for classes.")
     if not (gt > 0).any():
         raise DataError(f"{where}: the ground truth has no labeled pixels (all 0); metrics need labels 1..C.")
+    present = np.unique(gt[gt > 0])
+    if present.tolist() != list(range(1, len(scene.class_names) + 1)) and present.size >= 2:
+        raise DataError(f"{where}: the ground truth's labels ({', '.join(map(str, present[:10].tolist()))}"
+                        f"{', ...' if present.size > 10 else ''}) are not 1..{len(scene.class_names)}, one per class "
+                        f"name ({len(scene.class_names)}); number the classes 1..C in the order of the names "
+                        "(load_scene does this for files).")
     if np.unique(gt[gt > 0]).size < 2:
         raise DataError(f"{where}: the ground truth has one class only; clustering metrics (Kappa, NMI) need two "
                         "or more: pass a ground truth with 2 or more labels.")

@@ -57,7 +57,11 @@ class SceneImages:
 
     def __post_init__(self):
         self.images = np.asarray(self.images)
-        self.labels = np.asarray(self.labels).astype(np.int32, copy=False)
+        labels = np.asarray(self.labels)
+        if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+            raise DataError(f"labels must be integer class indices, got {labels.dtype}"
+                            + (" with fractions" if labels.dtype.kind == "f" else ""))
+        self.labels = labels.astype(np.int32, copy=False)
         self.class_names = [str(c) for c in self.class_names]
         if self.files is not None:
             self.files = [str(f) for f in self.files]

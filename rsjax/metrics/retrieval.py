@@ -52,6 +52,15 @@ def _check(emb: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.nd
     return emb, y
 
 
+def _check_classes(y: np.ndarray, what: str, n_classes: int | None = None) -> None:
+    """Labels that index the classes: integers 0 .. n_classes - 1."""
+    if y.dtype.kind not in "iu" or y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
+        span = f"[{y.min()}, {y.max()}] " if y.dtype.kind in "iuf" else ""
+        raise ValueError(f"{what}: labels must be class indices, integers 0 .. "
+                         f"{'C - 1' if n_classes is None else n_classes - 1}; got {y.dtype} {span}(number the "
+                         "classes from 0 in the order of the class names)")
+
+
 # ----------------------------------------------------------------------------- kNN and k-means
 
 def knn_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
@@ -68,6 +77,8 @@ def knn_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray,
     from sklearn.neighbors import KNeighborsClassifier
     train_emb, train_y = _check(train_emb, train_y, "train")
     test_emb, test_y = _check(test_emb, test_y, "test")
+    for y, what in ((train_y, "train"), (test_y, "test")):
+        _check_classes(y, what, n_classes)
     if n_classes is None:
         n_classes = int(max(train_y.max(), test_y.max())) + 1
     out = {}
@@ -196,11 +207,13 @@ def evaluate_embeddings(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np
     * ``kmeans_nmi``, ``kmeans_acc`` (k-means on the test embeddings, k = the classes among them);
     * ``map``, ``map@r``, ``r_precision``, ``p@1``, ``recall@K`` for each K;
     * ``n_train``, ``n_test``, ``n_queries`` (queries used by retrieval);
-    * ``per_class_f1``: ``{str(K): {class name: F1 %}}``;
+    * ``per_class_f1``: ``{str(K): {class name: F1 %}}`` over the classes ``test_y`` holds;
     * ``pr_curve``: ``{'recall': [...], 'precision': [...]}``, both in [0, 1].
     """
     train_emb, train_y = _check(train_emb, train_y, "train")
     test_emb, test_y = _check(test_emb, test_y, "test")
+    for y, what in ((train_y, "train"), (test_y, "test")):
+        _check_classes(y, what, n_classes)
     if normalize:
         train_emb, test_emb = l2_normalize(train_emb), l2_normalize(test_emb)
     names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(n_classes)]
@@ -219,7 +232,9 @@ def evaluate_embeddings(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np
     for key in ("map", "map@r", "r_precision", "p@1", *(f"recall@{k}" for k in ks)):
         out[key] = 100.0 * ret[key]
     out["n_train"], out["n_test"], out["n_queries"] = int(train_y.size), int(test_y.size), ret["n_queries"]
-    out["per_class_f1"] = {str(k): {n: 100.0 * float(f) for n, f in zip(names, knn[k]["f1"])} for k in ks}
+    present = set(np.unique(test_y).tolist())
+    out["per_class_f1"] = {str(k): {n: 100.0 * float(f) for c, (n, f) in enumerate(zip(names, knn[k]["f1"]))
+                                    if c in present} for k in ks}
     out["pr_curve"] = ret["pr_curve"]
     return out
 

@@ -303,6 +303,8 @@ def embed(model: ResNet, state_or_variables, images: np.ndarray, *, batch_size: 
         preprocess = _default_preprocess
     apply = _eval_apply(model)
     out = np.zeros((images.shape[0], model.dim), np.float32)
+    if images.shape[0] == 0:
+        return out
     bs = min(int(batch_size), images.shape[0])
     for idx, mask in eval_batches(images.shape[0], bs):
         e = apply(variables, preprocess(jnp.asarray(images[idx])))
@@ -466,6 +468,10 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
                         f"use a batch size of {least} or more (in practice dozens).")
     steps_per_epoch = n // bs
     num_classes = int(cfg.num_classes) or int(labels.max()) + 1
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"labels span [{labels.min()}, {labels.max()}] but cfg.num_classes is {num_classes}: labels "
+                        f"must be 0 .. num_classes - 1; set num_classes to {int(labels.max()) + 1} (or 0: from the "
+                        "labels), or number the classes from 0.")
     model = build_model(cfg, num_classes)
     tx = make_optimizer(cfg, max(steps_per_epoch, 1))
     if variables is None:

@@ -149,6 +149,8 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
     afresh. On Ctrl-C the chunk in flight ends and the state is saved. ``prior_time`` in the
     result is the time that earlier calls spent, ``setup_time`` this call's time before training
     (building, initialising and restoring the model)."""
+    if int(cfg.iters) < 1 or int(cfg.chunk) < 1:
+        raise ValueError(f"iters and chunk must be positive, got iters={cfg.iters}, chunk={cfg.chunk}.")
     t_start = time.perf_counter()
     model = build_model(cfg, cube01.shape[-1])
     tx = adam(float(cfg.lr))
