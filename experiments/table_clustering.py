@@ -88,8 +88,10 @@ def format_markdown(results: dict, args) -> str:
             verdict = "within" if abs(oa["mean"] - m) <= sd else "OUTSIDE"
             line = f"- {scene}: rsjax MS2A-Net mean OA {oa['mean']:.2f} is {verdict} one reference std ({m} +/- {sd})"
             torch_path = torch_dir / f"{scene}.json"
-            if torch_path.exists():    # the same math in PyTorch, its own initialisation, the same seeds
-                t = json.loads(torch_path.read_text())
+            t = json.loads(torch_path.read_text()) if torch_path.exists() else None
+            if t is not None and t.get("iters", REFERENCE_ITERS) != args.iters:
+                line += f"; the PyTorch run in {torch_dir} trained {t['iters']} iterations, not compared"
+            elif t is not None:        # the same math in PyTorch, its own initialisation, the same seeds
                 line += (f"; the same math in PyTorch (experiments/reference_torch.py, spf_odd {t['spf_odd']}, "
                          f"{len(t['seeds'])} seeds): {t['summary']['OA']['mean']:.2f} +/- {t['summary']['OA']['std']:.2f}"
                          + welch_note([r["OA"] for r in results[(scene, "ms2anet")]["runs"]], [r["OA"] for r in t["runs"]]))

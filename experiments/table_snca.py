@@ -36,18 +36,18 @@ COLUMNS = ("knn_oa@1", "knn_oa@5", "knn_oa@10", "kmeans_nmi", "kmeans_acc", "map
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="ucmerced")
+    ap.add_argument("--dataset", default="ucmerced", help="a dataset rsjax embed train takes (default ucmerced)")
     ap.add_argument("--methods", type=name_list(METHODS), default=list(METHODS), help="comma-separated methods")
     ap.add_argument("--seeds", type=positive_int, default=3, help="seeds 0 .. N-1 (default 3)")
-    ap.add_argument("--epochs", type=positive_int, default=30)
-    ap.add_argument("--image-size", type=positive_int, default=64)
-    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--epochs", type=positive_int, default=30, help="epochs per run (default 30)")
+    ap.add_argument("--image-size", type=positive_int, default=64, help="training resolution (default 64)")
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default 64)")
     ap.add_argument("--lr", type=positive_float, default=configs.get(METHODS[0]).lr,
                     help="SGD learning rate (default: the paper's, as in rsjax/configs)")
     ap.add_argument("--m-schedule", default="none",
                     help="MB bank momentum schedule, EPOCH:M pairs (the authors' code: 80:0.8,120:0.9); "
                          "default none, the paper's fixed m = 0.5")
-    ap.add_argument("--out", default="results/snca")
+    ap.add_argument("--out", default="results/snca", help="where the runs, table and figures go (default results/snca)")
     ap.add_argument("--report-only", action="store_true",
                     help="build the table from the finished runs only; train nothing")
     args = ap.parse_args(argv)
@@ -96,6 +96,9 @@ def main(argv=None):
             if seed == 0:
                 histories[method] = [100 * h["val_knn_acc"] for h in history]
                 curves[method] = results
+    if not rows:
+        raise SystemExit(f"experiments.table_snca: {out} holds no finished run of these settings "
+                         f"({args.epochs} epochs); run without --report-only to train them.")
     (out / "table.md").write_text(format_markdown(rows, args))
     from rsjax.plots.embedding import learning_curves_figure, pr_curves_figure
     pr_curves_figure(curves, out / "pr_curves.png", title=f"{args.dataset}: test queries vs train archive (seed 0)")

@@ -72,6 +72,30 @@ def test_reference_verdict_only_for_the_reference_s_iterations():
                                                          SimpleNamespace(**{**vars(args), "iters": 800}))
 
 
+def test_a_pytorch_reference_of_other_iterations_is_not_compared(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from experiments.table_clustering import format_markdown
+    summary = {"summary": {k: {"mean": 80.0, "std": 1.0} for k in ("OA", "AA", "Kappa", "NMI", "ARI", "time")},
+               "runs": [{"OA": 80.0}, {"OA": 81.0}], "keep": "updated"}
+    torch_run = {"spf_odd": "crop", "iters": 20, "seeds": [0, 1], "summary": summary["summary"], "runs": summary["runs"]}
+    (tmp_path / "samson.json").write_text(json.dumps(torch_run))
+    args = SimpleNamespace(seeds=2, iters=800, command="c", spf_odd="crop", torch_reference=str(tmp_path))
+    text = format_markdown({("samson", "ms2anet"): summary}, args)
+    assert f"the PyTorch run in {tmp_path} trained 20 iterations, not compared" in text and "Welch" not in text
+    (tmp_path / "samson.json").write_text(json.dumps({**torch_run, "iters": 800}))
+    assert "Welch's t-test" in format_markdown({("samson", "ms2anet"): summary}, args)
+
+
+def test_table_snca_report_only_without_finished_runs_says_so(tmp_path):
+    from experiments import table_snca
+    with pytest.raises(SystemExit, match=r"holds no finished run of these settings \(2 epochs\); run without "
+                                         r"--report-only"):
+        table_snca.main(["--methods", "ce", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "new"),
+                         "--report-only"])
+
+
 def test_table_snca_names_the_machine_that_trained_its_runs(tmp_path, monkeypatch, capsys):
     """One tiny run (a one-block ResNet, 16 px, one epoch) trained under a machine called "trainer";
     the table made again elsewhere with --report-only still names the trainer."""
