@@ -4,8 +4,9 @@
     python -m experiments.reference_torch --spf-odd resize --out results/reference_torch_resize
 
 Issue #2's reference figures come from the authors' code run on this project's 2-core machine
-(3 seeds), whose patch for odd image sizes and random initialisation stream are not known. This script runs the same math
-as ``rsjax.models.ms2anet`` in PyTorch eager (``benchmarks/torch_ms2anet.py``) the way the
+(3 seeds), whose patch for odd image sizes and random initialisation stream are not known. This
+script runs the same math as ``rsjax.models.ms2anet`` in PyTorch eager
+(``benchmarks/torch_ms2anet.py``) the way the
 authors' ``MS2A_net.py`` trains it: PyTorch's default initialisation after
 ``torch.manual_seed(seed)``, Adam (lr 1e-3) for 800 iterations, the parameters saved right after
 the update of each lowest-loss iteration, M' of those parameters with batch statistics, then the

@@ -185,14 +185,14 @@ def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
     if not (gt > 0).any():
         raise DataError(f"{where}: the ground truth has no labeled pixels (all 0); metrics need labels 1..C.")
     present = np.unique(gt[gt > 0])
-    if present.tolist() != list(range(1, len(scene.class_names) + 1)) and present.size >= 2:
+    if present.size < 2:
+        raise DataError(f"{where}: the ground truth has one class only; clustering metrics (Kappa, NMI) need two "
+                        "or more: pass a ground truth with 2 or more labels.")
+    if present.tolist() != list(range(1, len(scene.class_names) + 1)):
         raise DataError(f"{where}: the ground truth's labels ({', '.join(map(str, present[:10].tolist()))}"
                         f"{', ...' if present.size > 10 else ''}) are not 1..{len(scene.class_names)}, one per class "
                         f"name ({len(scene.class_names)}); number the classes 1..C in the order of the names "
                         "(load_scene does this for files).")
-    if np.unique(gt[gt > 0]).size < 2:
-        raise DataError(f"{where}: the ground truth has one class only; clustering metrics (Kappa, NMI) need two "
-                        "or more: pass a ground truth with 2 or more labels.")
     if n_clusters is not None and n_clusters > gt.size:
         raise DataError(f"{where}: {n_clusters} clusters requested but the scene has only {gt.size} pixels; "
                         "ask for fewer clusters.")

@@ -219,13 +219,10 @@ def load_npz(path: str | Path, size: int | None = None) -> SceneImages:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         if "Object arrays" in str(e):
             raise DataError(f"{path}: an array in it holds Python objects, which rsjax does not unpickle; save the "
                             "class names as a str array: class_names=numpy.array(names, dtype=str).") from e
-        raise DataError(f"{path}: cannot read it as an .npz archive ({type(e).__name__}: {str(e)[:120]}); write it "
-                        "with numpy.savez(path, images=..., labels=..., class_names=...).") from e
-    except OSError as e:
         raise DataError(f"{path}: cannot read it as an .npz archive ({type(e).__name__}: {str(e)[:120]}); write it "
                         "with numpy.savez(path, images=..., labels=..., class_names=...).") from e
     missing = [k for k in ("images", "labels", "class_names") if k not in arrays]
