@@ -74,22 +74,24 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     machine), also written to ``workdir/results.json``."""
     from rsjax.data.augment import augment
     from rsjax.data.scenes import dataset_key
-    from rsjax.train.embed import build_model, knn_val_fn, train
+    from rsjax.train.embed import build_model, check_resumable, knn_val_fn, train
     cfg = ml_collections.ConfigDict(cfg.to_dict())     # the caller's config stays as it was
     cfg.dataset = dataset_key(cfg.dataset)             # a path recorded absolute
+    check_resumable(workdir, cfg, ignore=("dataset",))  # settings before loading (the dataset: by sha1, below)
     data, split = load_split(cfg)
     cfg.data_sha1 = data.fingerprint()     # stored in config.json: resuming or evaluating checks it
     stored = Path(workdir) / "config.json"
     if stored.exists():                    # a run to resume: on the same data only
         _check_same_data(json.loads(stored.read_text()).get("data_sha1", ""), cfg.data_sha1, cfg.dataset)
     cfg.num_classes = data.n_classes
-    model = build_model(cfg, data.n_classes)
-    pre = _preprocess(cfg)
-    val_fn = knn_val_fn(model, data.images[split["val"]], data.labels[split["val"]], k=int(cfg.knn_k),
-                        batch_size=int(cfg.eval_batch_size), preprocess=pre,
-                        train_images=data.images[split["train"]]) if split["val"].size else None
-    train(cfg, data.subset(split["train"]), workdir=workdir, val_fn=val_fn, progress=progress,
+    train_set, val = data.subset(split["train"]), data.subset(split["val"])
+    del data                               # while training, only its training and validation images are held
+    model = build_model(cfg, cfg.num_classes)
+    val_fn = knn_val_fn(model, val.images, val.labels, k=int(cfg.knn_k), batch_size=int(cfg.eval_batch_size),
+                        preprocess=_preprocess(cfg), train_images=train_set.images) if len(val) else None
+    train(cfg, train_set, workdir=workdir, val_fn=val_fn, progress=progress,
           augment=functools.partial(augment, size=int(cfg.image_size)))
+    del train_set, val, val_fn             # the evaluation loads the dataset again
     return evaluate_run(workdir, out_dir=workdir, extra=extra)
 
 

@@ -198,6 +198,22 @@ def test_load_size_holds_the_dataset_and_the_queries_resized(tiny_npz):
     assert images.shape == (40, 12, 12, 3) and labels.tolist() == data.labels.tolist()
 
 
+def test_a_run_resumed_with_another_load_size_names_it_before_loading(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    import rsjax.embedding
+    from rsjax import configs
+    workdir, _ = trained_run
+    shutil.copytree(workdir, tmp_path / "run")
+    stored = json.loads((workdir / "config.json").read_text())
+    cfg = configs.get("snca-ce-mb")
+    cfg.update({k: v for k, v in stored.items() if k in cfg and not isinstance(v, list)})
+    cfg.stage_sizes, cfg.load_size = tuple(stored["stage_sizes"]), 12
+    monkeypatch.setattr(rsjax.embedding, "load_split", lambda cfg: pytest.fail("loaded the dataset"))
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(load_size: 0 -> 12\)"):
+        rsjax.embedding.train_run(cfg, tmp_path / "run", progress=False)
+
+
 def test_two_queries_are_scored_without_a_t_sne(trained_run, tiny_npz, tmp_path, capsys):
     from rsjax.embedding import evaluate_run
     workdir, _ = trained_run

@@ -161,6 +161,9 @@ def test_paper_scene_layout(tmp_path, monkeypatch):
     scipy.io.savemat(path, {"cube": cube, "labels": gt})
     with pytest.raises(DataError, match=r"no array named 'HSI'.*--cube .*Houston.mat:KEY --gt"):
         REGISTRY["houston2013"]()
+    scipy.io.savemat(path, {"HSI": cube, "GT": gt[40:340, 500:800]})
+    with pytest.raises(DataError, match=r"Houston.mat: GT is 300 x 300 pixels but HSI 349 x 1905"):
+        REGISTRY["houston2013"]()
     with pytest.raises(DataError, match="Trento.mat does not exist"):
         REGISTRY["trento"]()
 
@@ -188,6 +191,16 @@ def test_envi_nodata_and_data_file(tmp_path):
     (tmp_path / "c.img").unlink()
     with pytest.raises(DataError, match=r"c.hdr: the ENVI header's data file is missing; put it beside the header"):
         read_array(tmp_path / "c.hdr", ndim=3)
+    (tmp_path / "d.IMG").write_bytes(b"")
+    (tmp_path / "d.IMG.HDR").write_text("ENVI\n")
+    with pytest.raises(DataError, match=r"d.IMG: an ENVI data file; pass its header .*d.IMG.HDR instead"):
+        read_array(tmp_path / "d.IMG", ndim=3)
+    header = (tmp_path / "g.hdr").read_text()
+    (tmp_path / "g.hdr").write_text(header.replace("data ignore value = 99", "data ignore value = {none}"))
+    with pytest.raises(DataError, match=r"g.hdr: the header's 'data ignore value' \(\['none'\]\) is not a number"):
+        load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.hdr")
+    (tmp_path / "g.hdr").write_text(header.replace("data ignore value = 99", "data ignore value = {99}"))
+    assert load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.hdr").gt[0, 0] == 0
 
 
 def test_hdf5_written_from_numpy_is_named(tmp_path):
@@ -298,6 +311,11 @@ def test_geotiff_ground_truth_nodata_is_unlabeled(tmp_path):
         dst.write(gt[None])
     scene = load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "g.tif")
     assert (scene.gt[0, :3] == 0).all() and scene.n_classes == len(np.unique(gt[(gt > 0) & (gt < 255)]))
+    g = np.where(gt == 255, np.nan, gt).astype(np.float32)           # a float ground truth, nodata NaN
+    with rasterio.open(tmp_path / "f.tif", "w", driver="GTiff", width=5, height=6, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(500000, 4200000, 2.5, 2.5), nodata=np.nan) as dst:
+        dst.write(g[None])
+    np.testing.assert_array_equal(load_scene(cube=tmp_path / "c.npy", gt=tmp_path / "f.tif").gt, scene.gt)
 
 
 @pytest.mark.parametrize("gt_of,names,says", [

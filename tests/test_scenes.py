@@ -32,15 +32,20 @@ def test_folder_odd_sizes_resized(tmp_path):
 
 
 def test_folder_read_in_place_and_refused_when_it_would_not_fit_in_memory(tmp_path, monkeypatch):
-    """Every image lands in its own row (read in parallel into one array), and a folder larger than
-    the memory available is refused before reading, naming the size that would fit."""
+    """Every image lands in its own row (read in parallel into one array), and a folder of 256 MiB or
+    more is refused before reading when a run (about twice the dataset) would not fit in the memory
+    available, naming the size that would."""
     import rsjax.data.scenes as scenes
     root = _write_folder(tmp_path / "s", {"a": [(20, 20)] * 3, "b": [(20, 20)] * 3})
     d = load_scene_images(root)
     for i, f in enumerate(d.files):
         np.testing.assert_array_equal(d.images[i], scenes.read_image(root / f, None))
-    monkeypatch.setattr(scenes, "available_memory", lambda: 6 * 20 * 20 * 3 - 1)
-    with pytest.raises(DataError, match=r"6 images take .* GiB in memory at 20 x 20, more than .*--load-size N"):
+    monkeypatch.setattr(scenes, "available_memory", lambda: 1)
+    assert load_scene_images(root).images.shape == (6, 20, 20, 3)          # under 256 MiB: never refused
+    monkeypatch.setattr(scenes, "available_memory", lambda: 2**29)
+    monkeypatch.setattr(scenes, "_image_shape", lambda path: (4096, 4096))   # as if 6 images of 4096 px
+    with pytest.raises(DataError, match=r"6 images take 0\.3 GiB in memory at 4096 x 4096, and a run about twice "
+                                        r"that: more than the 0\.5 GiB available.*--load-size N"):
         load_scene_images(root)
     assert load_scene_images(root, size=8).images.shape == (6, 8, 8, 3)
 

@@ -75,7 +75,20 @@ def nodata_value(path: str | Path, georef: dict | None) -> float | None:
     if path.suffix.lower() != ".hdr" or not path.exists():
         return None
     value = _envi(path).read_envi_header(str(path)).get("data ignore value")
-    return float(value) if value is not None else None
+    if value is None:
+        return None
+    try:
+        return float(value[0] if isinstance(value, list) and len(value) == 1 else value)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: the header's 'data ignore value' ({value!r}) is not a number; write one number "
+                        "there, or remove the line.") from e
+
+
+def _envi_header_of(data_file: Path) -> Path | None:
+    """The ENVI header beside a data file (``a.img``: ``a.hdr`` or ``a.img.hdr``, any letter case)."""
+    stems = {data_file.stem.lower(), data_file.name.lower()}
+    return next((p for p in sorted(data_file.parent.iterdir())
+                 if p.suffix.lower() == ".hdr" and p.stem.lower() in stems), None)
 
 
 def _read_geotiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -120,8 +133,8 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
         elif suffix in (".tif", ".tiff"):
             data, georef = _read_geotiff(path)
             arrays = {"array": data if data.shape[-1] > 1 or ndim != 2 else data[..., 0]}
-        elif suffix in ENVI_DATA_SUFFIXES and path.with_suffix(".hdr").exists():
-            raise DataError(f"{path}: an ENVI data file; pass its header {path.with_suffix('.hdr')} instead.")
+        elif suffix in ENVI_DATA_SUFFIXES and (header := _envi_header_of(path)) is not None:
+            raise DataError(f"{path}: an ENVI data file; pass its header {header} instead.")
         else:
             raise DataError(f"{path}: unknown file type {suffix!r}; use .mat, .npy, .npz, .hdr (ENVI) or .tif (GeoTIFF).")
     except DataError:
@@ -206,6 +219,17 @@ def minmax_scale(cube: np.ndarray) -> np.ndarray:
     return ((cube - lo) / (hi - lo)).astype(np.float32)
 
 
+def _check_hdf5_shapes(cube: np.ndarray, gt: np.ndarray, cube_path, gt_path, where: str) -> None:
+    """On a cube / ground-truth shape mismatch when either came from an HDF5 .mat, say how those
+    are read (validate names other mismatches)."""
+    hdf5 = list(dict.fromkeys(str(f) for f in map(_hdf5_mat, (cube_path, gt_path)) if f))
+    if gt.shape != cube.shape[:2] and hdf5:
+        raise DataError(f"{where}: the ground truth's shape {gt.shape} does not match the cube's spatial shape "
+                        f"{cube.shape[:2]}. {' and '.join(hdf5)} {'is' if len(hdf5) == 1 else 'are'} HDF5 (MATLAB "
+                        "v7.3), read in MATLAB's axis order (h5py shows it reversed): an array written from numpy "
+                        "with h5py must be written transposed (cube.T), or saved as .npy/.npz.")
+
+
 def _hdf5_mat(path: str | Path) -> Path | None:
     """The file of ``path`` (``file.mat:KEY`` too) when it is an HDF5 (MATLAB v7.3) .mat file."""
     import h5py
@@ -268,6 +292,10 @@ def _paper_scene(folder: str, filename: str, name: str, classes: list[str],
         except DataError as e:
             raise DataError(f"{e} The scene {name!r} reads the keys HSI and GT, as the authors' code does; for a "
                             f"file of other keys pass --cube {path}:KEY --gt {path}:KEY.") from e
+        _check_hdf5_shapes(cube, gt, path, path, str(path))
+        if gt.shape != cube.shape[:2]:
+            raise DataError(f"{path}: GT is {gt.shape[0]} x {gt.shape[1]} pixels but HSI {cube.shape[0]} x "
+                            f"{cube.shape[1]}; the file must hold the ground truth of its cube.")
         if crop is not None:
             sub = tuple(s.stop - s.start for s in crop)
             if cube.shape[:2] == tuple(full):
@@ -278,7 +306,7 @@ def _paper_scene(folder: str, filename: str, name: str, classes: list[str],
                                 f"columns {crop[1].start}:{crop[1].stop}) nor the paper's {sub[0]} x {sub[1]} subset; "
                                 "pass your file with --cube and --gt instead.")
         values = sorted(int(v) for v in np.unique(gt) if v > 0)
-        if gt.shape == cube.shape[:2] and len(values) != len(classes):
+        if len(values) != len(classes):
             raise DataError(f"{path}: GT holds {len(values)} classes ({', '.join(map(str, values[:20]))}) where the "
                             f"paper's {name} has {len(classes)} ({', '.join(classes)}); pass your file with --cube "
                             "and --gt (and --class-names) instead.")
@@ -310,11 +338,7 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
             y, gt_georef = read_array(gt, ndim=2, spatial=x.shape[:2])
         except DataError:     # none of the cube's size: name what there is (validate names the mismatch)
             y, gt_georef = read_array(gt, ndim=2)
-        if y.shape != x.shape[:2] and (hdf5 := list(dict.fromkeys(str(f) for f in map(_hdf5_mat, (cube, gt)) if f))):
-            raise DataError(f"{cube} (ground truth {gt}): the ground truth's shape {y.shape} does not match the "
-                            f"cube's spatial shape {x.shape[:2]}. {' and '.join(hdf5)} {'is' if len(hdf5) == 1 else 'are'} "
-                            "HDF5 (MATLAB v7.3), read in MATLAB's axis order (h5py shows it reversed): an array "
-                            "written from numpy with h5py must be written transposed (cube.T), or saved as .npy/.npz.")
+        _check_hdf5_shapes(x, y, cube, gt, f"{cube} (ground truth {gt})")
         nodata = nodata_value(cube, georef)
         if nodata is not None and (x == nodata).any():
             n = int((x == nodata).any(-1).sum())
@@ -323,7 +347,7 @@ def load_scene(name: str | None = None, cube: str | Path | None = None, gt: str 
                             f"{nodata:g}; the whole scene is trained on, so crop the scene to its valid "
                             "pixels or fill them first.")
         if (gt_nodata := nodata_value(gt, gt_georef)) is not None:   # no label there: unlabeled
-            y = np.where(y == gt_nodata, 0, y)
+            y = np.where((y == gt_nodata) | (np.isnan(gt_nodata) & (y != y)), 0, y)
         if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
             raise DataError(f"{gt}: the ground truth holds NaN or Inf; use 0 for unlabeled pixels, 1..C for classes.")
         if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):

@@ -184,10 +184,11 @@ def load_folder(root: str | Path, size: int | None = None, workers: int = 4) -> 
             shapes = list(pool.map(_image_shape, files))
         target = collections.Counter(shapes).most_common(1)[0][0]
     need, free = len(files) * target[0] * target[1] * 3, available_memory()
-    if free is not None and need > free:
+    if free and need >= 2**28 and 2 * need > free:     # a run holds about twice the dataset (its splits copied)
         raise DataError(f"{root}: its {len(files)} images take {need / 2**30:.1f} GiB in memory at {target[0]} x "
-                        f"{target[1]}, more than the {free / 2**30:.1f} GiB available; hold them smaller (rsjax embed "
-                        "train --load-size N, or size=N here), for example at the training --image-size.")
+                        f"{target[1]}, and a run about twice that: more than the {free / 2**30:.1f} GiB available; "
+                        "hold them smaller (rsjax embed train --load-size N, or size=N here), for example at the "
+                        "training --image-size.")
     images = np.empty((len(files), *target, 3), np.uint8)     # filled in place: no second copy
 
     def read_into(i: int) -> None:

@@ -420,11 +420,12 @@ def _effective_schedule(c: Mapping, cfg) -> dict:
     return c
 
 
-def check_resumable(workdir: str | Path, cfg) -> None:
-    """Raise a :class:`DataError` naming :func:`config_conflicts` when ``workdir`` holds a run
-    (its ``config.json``) that ``cfg`` would not continue."""
+def check_resumable(workdir: str | Path, cfg, ignore: tuple[str, ...] = ()) -> None:
+    """Raise a :class:`DataError` naming :func:`config_conflicts` (but those of the fields in
+    ``ignore``) when ``workdir`` holds a run (its ``config.json``) that ``cfg`` would not continue."""
     path = Path(workdir) / "config.json"
     conflicts = config_conflicts(json.loads(path.read_text()), cfg) if path.exists() else []
+    conflicts = [c for c in conflicts if c.split(":", 1)[0] not in ignore]
     if conflicts:
         raise DataError(f"{workdir} holds a run with other settings ({'; '.join(conflicts)}): resuming "
                         "it would mix the two. Train into another directory, or delete this one to start afresh.")
