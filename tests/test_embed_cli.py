@@ -225,7 +225,9 @@ def test_two_queries_are_scored_without_a_t_sne(trained_run, tiny_npz, tmp_path,
     got = evaluate_run(workdir, queries=str(tmp_path / "q2.npz"), out_dir=tmp_path / "e")
     assert got["n_test"] == 2 and (tmp_path / "e" / "results.json").exists()
     assert not (tmp_path / "e" / "tsne.png").exists() and (tmp_path / "e" / "retrieval.png").exists()
-    assert "no t-SNE figure for 2 queries (it needs 3 or more)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no t-SNE figure for 2 queries (it needs 3 or more)" in err
+    assert "the 2 queries hold one image per class, so k-means (one cluster per class) scores NMI and ACC 100" in err
 
 
 def test_a_split_without_validation_trains_and_evaluates(tiny_npz, tmp_path):
