@@ -77,7 +77,7 @@ def train_run(cfg, workdir: str | Path, progress: bool = True, extra: dict | Non
     from rsjax.train.embed import build_model, check_resumable, knn_val_fn, train
     cfg = ml_collections.ConfigDict(cfg.to_dict())     # the caller's config stays as it was
     cfg.dataset = dataset_key(cfg.dataset)             # a path recorded absolute
-    check_resumable(workdir, cfg, ignore=("dataset",))  # settings before loading (the dataset: by sha1, below)
+    check_resumable(workdir, cfg, ignore=("dataset", "data_sha1"))  # settings before loading; the data: below
     data, split = load_split(cfg)
     cfg.data_sha1 = data.fingerprint()     # stored in config.json: resuming or evaluating checks it
     stored = Path(workdir) / "config.json"
