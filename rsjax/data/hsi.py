@@ -102,6 +102,15 @@ def _read_geotiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return np.moveaxis(data, 0, -1), profile
 
 
+def _file_and_key(path: str | Path) -> tuple[Path, str | None]:
+    """``file.mat:KEY`` -> (``file.mat``, ``KEY``); a path that exists as written has no key."""
+    path = Path(path)
+    if not path.exists() and ":" in path.name:
+        name, _, key = path.name.rpartition(":")
+        return path.with_name(name), key
+    return path, None
+
+
 def read_array(path: str | Path, key: str | None = None, ndim: int | None = None,
                spatial: tuple[int, int] | None = None) -> tuple[np.ndarray, dict | None]:
     """Read one array from ``.mat``, ``.npy``, ``.npz``, ENVI ``.hdr`` or GeoTIFF.
@@ -112,10 +121,7 @@ def read_array(path: str | Path, key: str | None = None, ndim: int | None = None
     ``spatial``, only arrays whose first two sides are those), and several such arrays are an error
     naming them. Returns the array and a georeference (GeoTIFF only).
     """
-    path = Path(path)
-    if key is None and not path.exists() and ":" in path.name:     # file.mat:KEY
-        name, _, key = path.name.rpartition(":")
-        path = path.with_name(name)
+    path, key = _file_and_key(path) if key is None else (Path(path), key)
     if not path.exists():
         raise DataError(f"{path}: no such file; check the path.")
     suffix = path.suffix.lower()
@@ -233,9 +239,7 @@ def _check_hdf5_shapes(cube: np.ndarray, gt: np.ndarray, cube_path, gt_path, whe
 def _hdf5_mat(path: str | Path) -> Path | None:
     """The file of ``path`` (``file.mat:KEY`` too) when it is an HDF5 (MATLAB v7.3) .mat file."""
     import h5py
-    path = Path(path)
-    if not path.exists() and ":" in path.name:
-        path = path.with_name(path.name.rpartition(":")[0])
+    path = _file_and_key(path)[0]
     return path if path.suffix.lower() == ".mat" and path.is_file() and h5py.is_hdf5(path) else None
 
 

@@ -115,8 +115,12 @@ def read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
                 im = im.resize((size[1], size[0]), Image.LANCZOS)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read the image ({e}); replace it with a JPEG, PNG or TIFF "
-                        "that opens, or remove it.") from e
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: Exception) -> DataError:
+    return DataError(f"{path}: cannot read the image ({e}); replace it with a JPEG, PNG or TIFF that opens, "
+                     "or remove it.")
 
 
 def _to_rgb(im):
@@ -138,8 +142,7 @@ def _image_shape(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the image ({e}); replace it with a JPEG, PNG or TIFF "
-                        "that opens, or remove it.") from e
+        raise _unreadable(path, e) from e
 
 
 def _resize_array(images: np.ndarray, size: int) -> np.ndarray:
