@@ -57,7 +57,8 @@ def cluster_once(scene: Scene, cfg, seed: int, progress: bool = False, checkpoin
 
 def run(scene: Scene, cfg, seeds, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """All seeds; with ``out_dir`` writes metrics.json, labels per seed (.npy, and .tif when the
-    input was a GeoTIFF), the class-map PNG of the first seed and a checkpoint per seed, written
+    input was a GeoTIFF), the class-map PNG of the first seed, and for a trained model, per seed, the
+    features k-means clustered (``features_seed<N>.npy``, H x W x C), the loss curve and a checkpoint, written
     during training too: a rerun into the same directory resumes where an interrupted one stopped
     (seeds already trained are not trained again). The directory's ``run.json`` names its run
     (:func:`run_identity`); a run of other settings or another scene into it is refused."""
@@ -131,6 +132,8 @@ def _write_seed(out: Path, scene: Scene, seed: int, r: dict) -> None:
         _write_geotiff(out / f"labels_seed{seed}.tif", r["labels"], scene.georef)
     if r["fitted"] is not None:      # its checkpoint_seed<seed>/ was written by training
         np.save(out / f"losses_seed{seed}.npy", r["fitted"]["losses"])
+        # the learned representation k-means clustered (MS2A-Net's M', the AE/CAE latent), H x W x C
+        np.save(out / f"features_seed{seed}.npy", np.asarray(r["fitted"]["code"], np.float32))
 
 
 def _write_geotiff(path: Path, labels: np.ndarray, profile: dict) -> None:

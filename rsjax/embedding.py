@@ -2,13 +2,14 @@
 baselines) -> the three evaluations (kNN, k-means, retrieval) -> table, JSON and figures.
 
 A run lives in one directory (its *workdir*): ``config.json``, ``history.json``,
-``checkpoints/epoch_XXXX`` (orbax), ``results.json`` and the figures. ``rsjax embed`` and the
+``checkpoints/epoch_XXXX`` (orbax), ``results.json``, ``embeddings.npz`` and the figures. ``rsjax embed`` and the
 experiments call the functions here, so both report the same numbers.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +23,8 @@ from rsjax.metrics.retrieval import KS
 
 
 #: What an evaluation writes to its folder (:func:`evaluate_run` with ``out_dir``).
-EVALUATION_FILES = ("results.json", "tsne.png", "similarity.png", "retrieval.png", "pr_curve.png", "learning_curve.png")
+EVALUATION_FILES = ("results.json", "embeddings.npz", "tsne.png", "similarity.png", "retrieval.png", "pr_curve.png",
+                    "learning_curve.png")
 
 
 def load_split(cfg) -> tuple[SceneImages, dict[str, np.ndarray]]:
@@ -178,10 +180,25 @@ def evaluate_run(path: str | Path, queries: str | None = None, out_dir: str | Pa
         except OSError as e:
             raise DataError(f"--out {out}: cannot make the folder for the results ({type(e).__name__}: {e}); "
                             "pass a folder you can write to.") from e
+        q_index = split["test"] if queries is None else np.arange(len(q_labels))
+        _write_embeddings(out / "embeddings.npz", archive=archive, archive_labels=data.labels[split["train"]],
+                          archive_index=split["train"], queries=q_emb, query_labels=q_labels, query_index=q_index,
+                          class_names=np.array(data.class_names))
         from rsjax.train.checkpoint import write_json_atomic
         write_json_atomic(out / "results.json", results)   # experiments take the file as a finished run's mark
         _figures(out, run, results, (q_images, q_emb, q_labels), archive)
     return results
+
+
+def _write_embeddings(path: Path, **arrays) -> None:
+    """The evaluation's embeddings, for use outside rsjax: ``archive`` (the training split's, N x D,
+    L2-normalised), ``archive_labels``, ``archive_index`` (their rows in the dataset), ``queries``,
+    ``query_labels`` (as indices into ``class_names``), ``query_index`` (rows of the dataset's test
+    split, or of the ``--queries`` dataset). Written through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
 
 
 def _queries(queries: str, data: SceneImages, train: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:

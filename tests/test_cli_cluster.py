@@ -39,6 +39,13 @@ def test_cluster_writes_table_and_files(tmp_path, capsys, method):
     assert clustering_scores(truth[truth > 0], labels[truth > 0])["OA"] == pytest.approx(metrics["runs"][1]["OA"])
     assert (out / "class_map.png").stat().st_size > 1000
     assert (out / "checkpoint_seed0").is_dir() == (method == "ms2anet")
+    if method == "ms2anet":          # the file holds what k-means clustered: clustering it again gives the labels
+        from rsjax.metrics.clustering import kmeans
+        features = np.load(out / "features_seed1.npy")
+        assert features.shape == (9, 8, 36) and features.dtype == np.float32
+        np.testing.assert_array_equal(kmeans(features.reshape(72, 36), 3, seed=0).reshape(9, 8), labels)
+    else:                            # k-means clusters the scaled spectra themselves
+        assert not list(out.glob("features_seed*"))
 
 
 def test_checkpoint_restores_the_trained_state(tmp_path):

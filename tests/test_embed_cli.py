@@ -53,6 +53,26 @@ def test_train_writes_results_history_and_figures(trained_run):
     assert (workdir / "checkpoints" / "epoch_0002").is_dir()
 
 
+def test_the_written_embeddings_give_the_reported_scores(trained_run):
+    """embeddings.npz holds the archive and query embeddings the scores came from, with their labels and
+    rows in the dataset: evaluating them again gives results.json's figures."""
+    from rsjax.embedding import load_run
+    from rsjax.metrics.retrieval import evaluate_embeddings
+    workdir, results = trained_run
+    run = load_run(workdir)
+    with np.load(workdir / "embeddings.npz") as f:
+        e = dict(f)
+    np.testing.assert_array_equal(e["archive_index"], run.split["train"])
+    np.testing.assert_array_equal(e["query_index"], run.split["test"])
+    np.testing.assert_array_equal(e["archive_labels"], run.data.labels[run.split["train"]])
+    np.testing.assert_array_equal(e["query_labels"], run.data.labels[run.split["test"]])
+    assert list(e["class_names"]) == run.data.class_names and e["archive"].shape == (len(run.split["train"]), 16)
+    again = evaluate_embeddings(e["archive"], e["archive_labels"], e["queries"], e["query_labels"], 4,
+                                seed=int(run.cfg.seed), class_names=run.data.class_names)
+    for key in ("knn_oa@1", "knn_oa@10", "kmeans_nmi", "map", "p@1"):
+        assert again[key] == pytest.approx(results[key])
+
+
 def test_evaluate_cli_json_and_queries(trained_run, tiny_npz, capsys):
     workdir, results = trained_run
     assert main(["embed", "evaluate", str(workdir), "--json"]) == 0
