@@ -74,6 +74,9 @@ def bank_momentum(epoch: jax.Array | int, m: float = 0.5, boundaries: Sequence[i
     does not recompile."""
     if len(boundaries) != len(values):
         raise ValueError(f"bank momentum schedule: {len(boundaries)} boundaries but {len(values)} values")
+    if list(boundaries) != sorted(set(boundaries)):
+        raise ValueError(f"bank momentum schedule: boundaries {tuple(boundaries)} must be distinct epochs in "
+                         "ascending order, each with its value, e.g. boundaries=(80, 120), values=(0.8, 0.9).")
     epoch = jnp.asarray(epoch)
     out = jnp.asarray(m, jnp.float32)
     for b, v in zip(boundaries, values):

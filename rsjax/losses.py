@@ -10,7 +10,9 @@
 - :func:`triplet_loss`: the triplet loss (Eq. 3), batch-all or batch-hard over the batch.
 
 Embeddings are the L2-normalised FC1 outputs. Each loss is a mean over the batch (or over
-its pairs / triplets), so it does not depend on the batch size.
+its pairs / triplets), so its scale does not depend on the batch size, except :func:`dcnn_loss`,
+which divides its sum over the ``B (B - 1) / 2`` pairs by ``B^2`` as the authors' code does
+(about half the mean pair cost for large batches).
 """
 from __future__ import annotations
 
@@ -228,13 +230,14 @@ def contrastive_loss(f: jax.Array, labels: jax.Array, margin: float = 1.0) -> ja
 
     A same-class pair costs ``d_ij^2``, a different-class pair ``max(0, margin - d_ij)^2``,
     with ``d_ij = ||f_i - f_j||`` the Euclidean distance of the embeddings (at most 2 for
-    normalised ones); the result is the mean over the ``B (B - 1) / 2`` pairs.
+    normalised ones); the result is the mean over the ``B (B - 1) / 2`` pairs (0 for a batch of
+    one, which has none).
     """
     b = f.shape[0]
     d2 = pairwise_sq_distances(f, f)
     same = labels[:, None] == labels[None, :]
     per_pair = jnp.where(same, d2, jnp.square(jax.nn.relu(margin - _safe_sqrt(d2))))
-    return _sum_over_pairs(per_pair) / (b * (b - 1) / 2)
+    return _sum_over_pairs(per_pair) / max(b * (b - 1) / 2, 1)
 
 
 def triplet_loss(f: jax.Array, labels: jax.Array, margin: float = 0.2, mining: str = "all") -> jax.Array:

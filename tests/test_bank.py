@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from rsjax import bank as B
@@ -52,3 +53,6 @@ def test_bank_momentum_schedule():
         np.testing.assert_allclose(float(code(jnp.int32(epoch))), m, rtol=1e-6)
         np.testing.assert_allclose(float(B.bank_momentum(jnp.int32(epoch))), 0.5, rtol=1e-6)   # the paper
     np.testing.assert_allclose(float(B.bank_momentum(5, 0.3, (2,), (0.7,))), 0.7, rtol=1e-6)
+    for boundaries in ((120, 80), (80, 80)):       # out of order, the later step would be skipped: refused
+        with pytest.raises(ValueError, match=r"must be distinct epochs in ascending order"):
+            B.bank_momentum(130, 0.5, boundaries, (0.9, 0.8))

@@ -78,6 +78,19 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, scene, ch
     _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
 
 
+def test_a_run_resumed_with_another_chunk_size_ends_as_the_uninterrupted_one(tmp_path, scene, chunks, capsys):
+    """Stopped after 2 of 6 iterations in chunks of 2, resumed in chunks of 4: one chunk of 2 to reach
+    the new boundary, one of 2 to the end; the chunk size is not part of the run."""
+    cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "a", progress=False)
+    chunks.update(n=0, fail_at=2)
+    with pytest.raises(Interrupt):
+        cluster.run(scene, _cfg(), [0], out_dir=tmp_path / "b", progress=False)
+    chunks.update(n=0, fail_at=None)
+    cluster.run(scene, _cfg(chunk=4), [0], out_dir=tmp_path / "b", progress=False)
+    assert "resuming at iteration 2 of 6" in capsys.readouterr().err and chunks["n"] == 2
+    _assert_same(_result(tmp_path / "a"), _result(tmp_path / "b"))
+
+
 def test_ctrl_c_saves_the_state_of_the_last_chunk_done(tmp_path, scene, chunks, monkeypatch, capsys):
     """Ctrl-C between the minute's checkpoints: the chunks done are saved on the way out, and the
     rerun ends where an uninterrupted run ends."""
@@ -217,3 +230,13 @@ def test_fit_names_iterations_or_chunks_that_are_not_positive(scene, iters, chun
     cfg.iters, cfg.chunk = iters, chunk
     with pytest.raises(ValueError, match=f"iters and chunk must be positive, got iters={iters}, chunk={chunk}"):
         hsi.fit(cfg, minmax_scale(scene.cube), seed=0, progress=False)
+
+
+def test_fit_names_a_cube_of_the_wrong_rank_or_with_nan(scene):
+    cfg = _cfg()
+    x = minmax_scale(scene.cube)
+    with pytest.raises(ValueError, match=r"fit takes one scene's cube, \(H, W, D\), got shape \(1, 9, 8, 5\)"):
+        hsi.fit(cfg, x[None], seed=0, progress=False)
+    x[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"holds NaN or Inf values; check the scene with rsjax.data.hsi.validate"):
+        hsi.fit(cfg, x, seed=0, progress=False)

@@ -104,6 +104,30 @@ def test_train_loop_resumes_from_latest_checkpoint(tmp_path, data, variables, ca
     assert embed.latest_checkpoint(tmp_path / "b")[0] == 2
 
 
+def test_a_run_is_not_resumed_on_other_training_images(tmp_path, data, variables):
+    """The bank holds a row per training image: resuming on other images (more, fewer, or as many with other
+    content) is refused before any step, naming both; a run made before training_set.json is checked by its
+    bank's rows and labels."""
+    common = dict(progress=False, variables=variables)
+    embed.train(tiny_cfg("snca-ce-mb", epochs=1), data, workdir=tmp_path, **common)
+    more = {"images": np.concatenate([data["images"], data["images"][:8]]),
+            "labels": np.concatenate([data["labels"], data["labels"][:8]])}
+    other = {"images": 255 - data["images"], "labels": data["labels"]}
+    for changed, says in ((more, r"32 images, sha1 \w+; now 40, sha1"), (other, r"32 images, sha1 \w+; now 32, sha1")):
+        with pytest.raises(ValueError, match=rf"{tmp_path} holds a run trained on other images \({says}.*another "
+                                             "directory"):
+            embed.train(tiny_cfg("snca-ce-mb", epochs=2), changed, workdir=tmp_path, **common)
+    assert embed.latest_checkpoint(tmp_path)[0] == 1                 # nothing trained
+    (tmp_path / embed.TRAINING_SET_FILE).unlink()                     # as a run made before the file
+    with pytest.raises(ValueError, match=r"trained on other images \(32 images; now 40\)"):
+        embed.train(tiny_cfg("snca-ce-mb", epochs=2), more, workdir=tmp_path, **common)
+    shuffled = {"images": data["images"], "labels": np.roll(data["labels"], 1)}
+    with pytest.raises(ValueError, match=r"trained on other images \(32 images; now 32, other labels\)"):
+        embed.train(tiny_cfg("snca-ce-mb", epochs=2), shuffled, workdir=tmp_path, **common)
+    resumed = embed.train(tiny_cfg("snca-ce-mb", epochs=2), data, workdir=tmp_path, **common)   # the same data
+    assert int(resumed["state"].step) == 2 * (N // B) and (tmp_path / embed.TRAINING_SET_FILE).exists()
+
+
 def test_config_conflicts_ignores_resumable_and_newer_fields():
     stored = json.loads(tiny_cfg("snca-ce-mb").to_json())
     assert embed.config_conflicts(stored, tiny_cfg("snca-ce-mb", epochs=50, log_every=1, keep_checkpoints=5)) == []

@@ -107,6 +107,9 @@ def test_minmax_scale_per_band():
     x = minmax_scale(cube)
     np.testing.assert_allclose(x.reshape(-1, 4).min(0), 0, atol=1e-6)
     np.testing.assert_allclose(x.reshape(-1, 4).max(0), 1, atol=1e-6)
+    cube[..., 2] = 7.0                                  # no scale: refused, not NaN
+    with pytest.raises(DataError, match=r"minmax_scale: band \[2\] \(0-based\) is constant"):
+        minmax_scale(cube)
 
 
 def test_embedded_salinas_a_needs_no_shared_data(monkeypatch):

@@ -223,6 +223,12 @@ def test_contrastive_gradient_finite_for_identical_embeddings():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
+def test_a_batch_of_one_has_no_pairs_and_costs_nothing():
+    f = jnp.ones((1, 3)) / jnp.sqrt(3.0)
+    for loss in (losses.contrastive_loss, losses.dcnn_loss, losses.triplet_loss):
+        assert float(loss(f, jnp.array([0]))) == 0.0
+
+
 @SETTINGS
 @given(seed=st.integers(0, 2**31 - 1), b=st.sampled_from([2, 7]), classes=st.integers(1, 4),
        mining=st.sampled_from(["all", "hard"]))

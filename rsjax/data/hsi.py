@@ -190,12 +190,7 @@ def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
         n = int(bad.sum())
         raise DataError(f"{where}: the cube holds {n} NaN or Inf value{'s' if n > 1 else ''}; fill or mask them first "
                         "(for example with numpy.nan_to_num).")
-    span = cube.reshape(-1, cube.shape[-1]).max(0) - cube.reshape(-1, cube.shape[-1]).min(0)
-    flat = np.flatnonzero(span == 0)
-    if flat.size:
-        raise DataError(f"{where}: band{'s' if flat.size > 1 else ''} {flat.tolist()[:10]} (0-based) "
-                        f"{'are' if flat.size > 1 else 'is'} constant (zero min-max range) and cannot be scaled; "
-                        "drop the constant bands from the cube and pass it again.")
+    _check_not_constant(cube.reshape(-1, cube.shape[-1]).min(0), cube.reshape(-1, cube.shape[-1]).max(0), where)
     if gt.dtype.kind not in "iu":
         raise DataError(f"{where}: the ground truth must hold integers (0 = unlabeled, 1..C classes), got {gt.dtype}.")
     if (gt < 0).any():
@@ -219,10 +214,20 @@ def validate(scene: Scene, n_clusters: int | None = None) -> Scene:
 
 
 def minmax_scale(cube: np.ndarray) -> np.ndarray:
-    """Scale each band to [0, 1] over all pixels (as the authors' MinMaxScaler does)."""
+    """Scale each band to [0, 1] over all pixels (as the authors' MinMaxScaler does); a constant
+    band, which has no scale, is refused (:class:`DataError`) rather than turned into NaN."""
     flat = cube.reshape(-1, cube.shape[-1]).astype(np.float64)
     lo, hi = flat.min(0), flat.max(0)
+    _check_not_constant(lo, hi, "minmax_scale")
     return ((cube - lo) / (hi - lo)).astype(np.float32)
+
+
+def _check_not_constant(lo: np.ndarray, hi: np.ndarray, where: str) -> None:
+    flat = np.flatnonzero(hi == lo)
+    if flat.size:
+        raise DataError(f"{where}: band{'s' if flat.size > 1 else ''} {flat.tolist()[:10]} (0-based) "
+                        f"{'are' if flat.size > 1 else 'is'} constant (zero min-max range) and cannot be scaled; "
+                        "drop the constant bands from the cube and pass it again.")
 
 
 def _check_hdf5_shapes(cube: np.ndarray, gt: np.ndarray, cube_path, gt_path, where: str) -> None:

@@ -37,7 +37,8 @@ def match_labels(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 def clustering_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """OA, AA, Kappa, per-class accuracy (after Hungarian matching), NMI and ARI, in percent
-    except NMI and ARI (in [0, 1] and [-1, 1] as usual)."""
+    except NMI and ARI (in [0, 1] and [-1, 1] as usual). Every value of ``y_true`` is a class,
+    0 included: pass the labeled pixels only (``y_true[gt > 0]``, as :func:`rsjax.cluster.run` does)."""
     y_true = np.asarray(y_true).ravel()
     y_pred = np.asarray(y_pred).ravel()
     if y_true.shape != y_pred.shape or y_true.size == 0:

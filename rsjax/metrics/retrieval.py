@@ -84,7 +84,8 @@ def knn_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray,
     out = {}
     for k in ks:
         if not 1 <= k <= train_y.size:
-            raise ValueError(f"K = {k} neighbours requested from {train_y.size} training embeddings")
+            raise ValueError(f"K = {k} neighbours requested from {train_y.size} training embeddings; pass ks "
+                             f"of 1 .. {train_y.size} (e.g. ks=(1,)), or more training embeddings.")
         pred = KNeighborsClassifier(n_neighbors=int(k), weights="distance").fit(train_emb, train_y).predict(test_emb)
         f1 = f1_score(test_y, pred, labels=np.arange(n_classes), average=None, zero_division=0)
         out[int(k)] = {"oa": float(np.mean(pred == test_y)), "f1": np.asarray(f1, np.float64),

@@ -484,6 +484,7 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
     history_path = workdir / "history.json"
     history: list[dict] = []
     start_epoch = 0
+    fingerprint = {"images": int(n), "sha1": _sha1(images, labels)}
     latest = latest_checkpoint(workdir)
     if latest is not None:
         check_resumable(workdir, cfg)
@@ -493,11 +494,13 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
                             f"ask for {start_epoch} or more epochs, evaluate its checkpoint of epoch {cfg.epochs} "
                             "if it is kept, or train into another directory.")
         state = checkpoint.restore(path, like=state)
+        _check_same_training_set(workdir, state, labels, fingerprint)
         print(f"{workdir}: " + (f"already trained ({start_epoch} epochs)." if start_epoch == int(cfg.epochs) else
                                 f"resuming after epoch {start_epoch} of {cfg.epochs}."), file=sys.stderr)
         if history_path.exists():
             history = [h for h in json.loads(history_path.read_text()) if h["epoch"] < start_epoch]
     checkpoint.write_json_atomic(workdir / "config.json", json.loads(cfg.to_json()))   # epochs as now asked
+    checkpoint.write_json_atomic(workdir / TRAINING_SET_FILE, fingerprint)
     if mesh is not None:
         state = parallel.replicate(mesh, state)
     step = compile_step(make_step(cfg, model, tx), mesh)
@@ -543,6 +546,37 @@ def train(cfg, data, *, workdir: str | Path, augment: Callable | None = None,
         checkpoint.save(workdir / "checkpoints" / f"epoch_{epoch + 1:04d}", state)
         _prune_checkpoints(workdir, int(cfg.keep_checkpoints))
     return {"state": state, "history": history, "model": model}
+
+
+TRAINING_SET_FILE = "training_set.json"   # in a workdir: the size and sha1 of the images and labels it trains on
+
+
+def _sha1(*arrays: np.ndarray) -> str:
+    import hashlib
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _check_same_training_set(workdir: Path, state: EmbedState, labels: np.ndarray, fingerprint: dict) -> None:
+    """Refuse to resume a run on other training data: its bank holds one row per image it was
+    trained on, so other images would train against a bank that is not theirs. Compared by the
+    size and sha1 the run recorded (:data:`TRAINING_SET_FILE`), or, for a run made before rsjax
+    recorded them, by its bank's rows and labels (``state``: the restored state)."""
+    data_file = workdir / TRAINING_SET_FILE
+    if data_file.exists():
+        stored = json.loads(data_file.read_text())
+        same = stored == fingerprint
+        was, now = f"{stored['images']} images, sha1 {stored['sha1'][:12]}", f"{len(labels)}, sha1 {fingerprint['sha1'][:12]}"
+    else:
+        stored_labels = np.asarray(jax.device_get(state.bank_labels))
+        same = np.array_equal(stored_labels, labels)
+        was, now = f"{len(stored_labels)} images", f"{len(labels)}" + (", other labels" if len(stored_labels) == len(labels) else "")
+    if not same:
+        raise DataError(f"{workdir} holds a run trained on other images ({was}; now {now}): resuming it would train "
+                        "against a memory bank of those images. Pass the run's training data, or train into another "
+                        "directory.")
 
 
 def _prune_checkpoints(workdir: Path, keep: int) -> None:

@@ -151,6 +151,12 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
     (building, initialising and restoring the model)."""
     if int(cfg.iters) < 1 or int(cfg.chunk) < 1:
         raise ValueError(f"iters and chunk must be positive, got iters={cfg.iters}, chunk={cfg.chunk}.")
+    cube01 = np.asarray(cube01)
+    if cube01.ndim != 3:
+        raise DataError(f"fit takes one scene's cube, (H, W, D), got shape {cube01.shape}.")
+    if not np.isfinite(cube01).all():
+        raise DataError("the cube holds NaN or Inf values; check the scene with rsjax.data.hsi.validate (it names "
+                        "NaN, Inf and constant bands) and scale it with minmax_scale.")
     t_start = time.perf_counter()
     model = build_model(cfg, cube01.shape[-1])
     tx = adam(float(cfg.lr))
@@ -164,13 +170,11 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
         fingerprint = _fingerprint(cfg, cube01, seed)
         state, losses, prior_time = _resume(checkpoint, fingerprint, state)
     t0 = time.perf_counter()
-    sizes = [cfg.chunk] * (cfg.iters // cfg.chunk) + ([cfg.iters % cfg.chunk] if cfg.iters % cfg.chunk else [])
-    bounds = np.cumsum([0] + sizes).tolist()                  # iterations done at each chunk boundary
     done = int(state.step)
-    if done not in bounds:
-        raise DataError(f"{checkpoint}: its state stopped at iteration {done}, not at the end of a chunk "
-                         f"of {cfg.chunk}; delete it to train afresh.")
-    sizes = sizes[bounds.index(done):]
+    # chunks of cfg.chunk iterations from the start; a state saved by a run of another chunk size first
+    # trains up to the next boundary (the chunking does not change what is computed)
+    bounds = [b for b in range(cfg.chunk, cfg.iters, cfg.chunk) if b > done] + [cfg.iters]
+    sizes = np.diff([done] + bounds).tolist() if done < cfg.iters else []
     bar = _progress(cfg.iters, f"{cfg.method} seed {seed}", progress)
     bar.update(done)
     last_save = time.perf_counter()
@@ -181,8 +185,8 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
             chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
             if not np.all(np.isfinite(chunk_losses)):
                 at = len(losses) + int(np.argmin(np.isfinite(chunk_losses)))
-                raise FloatingPointError(f"non-finite loss at iteration {at}; lower the learning rate (--lr) or "
-                                         "check the input scaling.")
+                raise FloatingPointError(f"non-finite loss at iteration {at}; lower the learning rate (cfg.lr, "
+                                         "--lr) or check the input scaling.")
             losses.extend(chunk_losses.tolist())
             chunk_losses = None
             bar.update(n)
