@@ -147,15 +147,16 @@ def _snca_blocked_lse(f, labels, idx, bank, bank_labels, sigma, block):
     return lse(mp, ap), lse(mn, an)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@partial(jax.custom_vjp, nondiff_argnums=(7,))
 def snca_loss_blocked(f, labels, idx, bank, bank_labels, sigma: float, margin: float = 0.0,
                       block_size: int = SNCA_BLOCK):
     """:func:`snca_loss` over the bank in blocks of ``block_size`` rows (a ``lax.scan`` with an
     online log-sum-exp of the positive and the negative mass), with a custom gradient that
     runs the blocks again: ``d log p_i / d s_ij = (1 - p_i) softmax_pos(s_i)_j`` for a
     positive row, ``-(1 - p_i) softmax_neg(s_i)_j`` for a negative one. Time is linear in N and
-    memory is ``B x block_size``, not ``B x N``. Only ``f`` is differentiated (the bank is a
-    buffer)."""
+    memory is ``B x block_size``, not ``B x N``. ``f``, ``sigma`` and ``margin`` are
+    differentiated (so the last two may be traced, as in a jitted or vmapped sweep); the bank is
+    a buffer."""
     return _snca_blocked_fwd(f, labels, idx, bank, bank_labels, sigma, margin, block_size)[0]
 
 
@@ -164,25 +165,32 @@ def _snca_blocked_fwd(f, labels, idx, bank, bank_labels, sigma, margin, block_si
     bank = jax.lax.stop_gradient(bank)
     lse_pos, lse_neg = _snca_blocked_lse(f, labels, idx, bank, bank_labels, sigma, block)
     log_p, _ = _snca_log_p(lse_pos, lse_neg, sigma, margin)
-    return -jnp.sum(log_p) / f.shape[0], (f, labels, idx, bank, bank_labels, lse_pos, lse_neg)
+    return -jnp.sum(log_p) / f.shape[0], (f, labels, idx, bank, bank_labels, sigma, margin, lse_pos, lse_neg)
 
 
-def _snca_blocked_bwd(sigma, margin, block_size, res, ct):
-    f, labels, idx, bank, bank_labels, lse_pos, lse_neg = res
+def _snca_blocked_bwd(block_size, res, ct):
+    f, labels, idx, bank, bank_labels, sigma, margin, lse_pos, lse_neg = res
     block = min(int(block_size), bank.shape[0])
     log_p, has_pos = _snca_log_p(lse_pos, lse_neg, sigma, margin)
     one_minus_p = jnp.where(has_pos, -jnp.expm1(log_p), 0.0)
     lp = jnp.where(has_pos, lse_pos, 0.0)[:, None]
     ln = jnp.where(jnp.isfinite(lse_neg), lse_neg, 0.0)[:, None]
 
-    def body(g, s, pos, neg, rows):
+    def body(carry, s, pos, neg, rows):
+        g, ws = carry
         w = jnp.where(pos, jnp.exp(jnp.where(pos, s, 0.0) - lp), 0.0) \
             - jnp.where(neg, jnp.exp(jnp.where(neg, s, 0.0) - ln), 0.0)
-        return g + (w * one_minus_p[:, None]) @ rows
+        return g + (w * one_minus_p[:, None]) @ rows, ws + jnp.sum(w * jnp.where(pos | neg, s, 0.0), axis=-1)
 
-    g = _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block)(body, jnp.zeros_like(f))
-    df = -(ct / f.shape[0]) * g / sigma
-    return df, None, None, None, None
+    g, ws = _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block)(body, (jnp.zeros_like(f), jnp.zeros_like(lp[:, 0])))
+    scale = -ct / f.shape[0]                       # d loss = scale * sum_i d log p_i
+    df = scale * g / sigma
+    # log p_i depends on sigma through s = f b / sigma (d s / d sigma = -s / sigma) and through the
+    # margin's -margin / sigma (d log p_i / d (margin / sigma) = -(1 - p_i))
+    d_sigma = scale * jnp.sum(one_minus_p * (-ws / sigma + margin / sigma**2))
+    d_margin = scale * jnp.sum(-one_minus_p / sigma)
+    return (df, None, None, None, None, jnp.asarray(d_sigma, jnp.result_type(sigma)).reshape(jnp.shape(sigma)),
+            jnp.asarray(d_margin, jnp.result_type(margin)).reshape(jnp.shape(margin)))
 
 
 snca_loss_blocked.defvjp(_snca_blocked_fwd, _snca_blocked_bwd)

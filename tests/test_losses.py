@@ -281,6 +281,21 @@ def test_blocked_snca_matches_naive_loop_and_dense_gradient(seed, b, n, d, class
     np.testing.assert_allclose(g_blocked, g_dense, rtol=1e-3, atol=1e-5)
 
 
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(6, 40), classes=st.integers(1, 4), block=st.integers(2, 17),
+       sigma=st.sampled_from([0.05, 0.1, 0.3]), margin=st.sampled_from([0.0, 0.1]))
+def test_blocked_snca_gradient_in_sigma_and_margin_equals_the_dense_one(seed, n, classes, block, sigma, margin):
+    """sigma and margin may be traced (a jitted sweep): the blocked path's gradient in them equals autodiff
+    of the dense path."""
+    f, labels, idx, bank, bank_labels = _snca_case(seed, 5, n, 8, classes)
+    a = (jnp.asarray(f, jnp.float32), jnp.asarray(labels), jnp.asarray(idx), jnp.asarray(bank, jnp.float32),
+         jnp.asarray(bank_labels))
+    blocked = jax.jit(jax.grad(lambda s, m: losses.snca_loss(*a, s, m, block_size=block), argnums=(0, 1)))
+    dense = jax.grad(lambda s, m: losses.snca_loss(*a, s, m, block_size=None), argnums=(0, 1))
+    for got, want in zip(blocked(jnp.float32(sigma), jnp.float32(margin)), dense(jnp.float32(sigma), jnp.float32(margin))):
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-3, atol=1e-4)
+
+
 def test_snca_loss_takes_the_blocked_path_above_block_size():
     f, labels, idx, bank, bank_labels = _snca_case(0, 4, 50, 6, 3)
     a = (jnp.asarray(f, jnp.float32), jnp.asarray(labels), jnp.asarray(idx), jnp.asarray(bank, jnp.float32),
