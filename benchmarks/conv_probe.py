@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from benchmarks.common import PRECISIONS, machine, model_dtype, precision, torch_device, torch_sync
+from rsjax.cli import positive_int
 
 # (name, kernel size, cin, cout, dilation, input gradient needed)
 CONVS = [("spatial_l1", 5, 63, 12, 1, False), ("spatial_l2", 5, 63, 12, 2, False),
@@ -106,10 +107,10 @@ def probe(h: int, w: int, dtype: str, reps: int, inner: int) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--shape", type=int, nargs=2, default=(166, 600), metavar=("H", "W"))
+    p.add_argument("--shape", type=positive_int, nargs=2, default=(166, 600), metavar=("H", "W"))
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=PRECISIONS)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--inner", type=int, default=10)
+    p.add_argument("--reps", type=positive_int, default=5)
+    p.add_argument("--inner", type=positive_int, default=10)
     a = p.parse_args(argv)
     import torch
     torch.backends.cudnn.benchmark = True

@@ -37,6 +37,7 @@ import numpy as np
 
 from benchmarks.common import (PRECISIONS, gpu_memory, machine, model_dtype, on_gpu, precision, settle,
                                torch_device, torch_sync)
+from rsjax.cli import positive_int
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -109,6 +110,17 @@ def gemm_peak(n: int = 2048, reps: int = 3, dtype: str = "float32") -> dict:
 
 
 # ----------------------------------------------------------------------------- one shape
+
+SHAPES = ("trento", "salinas-a")
+
+
+def _shape_names(text: str) -> list[str]:
+    """argparse type of --shapes: comma-separated names of :data:`SHAPES`."""
+    names = [n for n in text.split(",") if n]
+    if not names or any(n not in SHAPES for n in names):
+        raise argparse.ArgumentTypeError(f"must be comma-separated names among {', '.join(SHAPES)}, got {text!r}")
+    return names
+
 
 def _cube(name: str, quick: bool) -> np.ndarray:
     if name == "trento":
@@ -234,10 +246,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: Trento shape cropped to 40 x 150, 1 repetition")
     p.add_argument("--json", action="store_true", help="print one JSON object with every figure")
-    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5, quick 1)")
-    p.add_argument("--chunk", type=int, default=None, help="iterations per rsjax train_chunk call and per PyTorch "
+    p.add_argument("--reps", type=positive_int, default=None, help="interleaved repetitions (default 5, quick 1)")
+    p.add_argument("--chunk", type=positive_int, default=None, help="iterations per rsjax train_chunk call and per PyTorch "
                                                            "timing (default 4, quick 2)")
-    p.add_argument("--shapes", default="trento,salinas-a", help="comma-separated: trento, salinas-a")
+    p.add_argument("--shapes", type=_shape_names, default=["trento", "salinas-a"], help="comma-separated: trento, salinas-a")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precision modes (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     args = p.parse_args(argv)
@@ -258,7 +270,7 @@ def main(argv=None) -> int:
             run = {"dtype": dtype, "gemm_before": gemm_peak(gemm_n, dtype=dtype)}
             log(f"[{dtype}] GEMM peak now: {run['gemm_before']['peak_gflops']:.1f} GFLOP/s")
             shapes = {}
-            for name in args.shapes.split(","):
+            for name in args.shapes:
                 cube = _cube(name, args.quick)
                 log(f"{name}: {cube.shape} {dtype}")
                 shapes[name] = bench_shape(name, cube, reps, chunk, log=log, dtype=dtype)

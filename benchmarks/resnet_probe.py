@@ -42,6 +42,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks.common import cpu_process_setup, machine, settle
+from rsjax.cli import positive_int
 
 # F(2 x 2, 3 x 3): Y = A^T [(G w G^T) * (B^T d B)] A over 4 x 4 input tiles with stride 2
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
@@ -347,9 +348,9 @@ def _print_report(res: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (64: the SNCA-CE bar's step)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--size", type=positive_int, default=64, help="image side in pixels (64: the SNCA-CE bar's step)")
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--reps", type=positive_int, default=9)
     a = p.parse_args(argv)
     host_malloc = cpu_process_setup()
     res = {"benchmark": "resnet_probe", "machine": machine(), "host_malloc": host_malloc, "size": a.size,

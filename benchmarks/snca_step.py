@@ -57,6 +57,7 @@ import numpy as np
 
 from benchmarks.common import (PRECISIONS, cpu_process_setup, gpu_memory, machine, model_dtype, on_gpu, precision,
                                settle, torch_device, torch_sync)
+from rsjax.cli import positive_float, positive_int
 
 N_BANK, N_CLASSES, DIM, BATCH = 882, 21, 128, 64
 METHODS = ("snca-ce-mb", "snca-ce-mu")
@@ -465,17 +466,19 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, fewer repetitions, N up to 1e5")
-    p.add_argument("--sizes", type=int, nargs="+", help="image sizes (default 64 128; --quick: 64)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", help="image sizes (default 64 128; --quick: 64)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--reps", type=int, help="timed repetitions per contender (default 5 at 64 px, 3 above; --quick: 3)")
-    p.add_argument("--steps-per-rep", type=int, help="steps per repetition (default 1)")
-    p.add_argument("--ns", type=float, nargs="+", help="bank sizes of the scaling part (default 1e3 1e4 1e5 1e6)")
+    p.add_argument("--reps", type=positive_int, help="timed repetitions per contender (default 5 at 64 px, 3 above; --quick: 3)")
+    p.add_argument("--steps-per-rep", type=positive_int, help="steps per repetition (default 1)")
+    p.add_argument("--ns", type=positive_float, nargs="+", help="bank sizes of the scaling part (default 1e3 1e4 1e5 1e6)")
     p.add_argument("--no-torch-1thread", action="store_true", help="do not also time PyTorch with one thread")
     p.add_argument("--no-scaling", action="store_true", help="skip the bank-scaling part")
     p.add_argument("--no-steps", action="store_true", help="skip the training steps (the bank-scaling part alone)")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precision modes of the training steps (GPU: float32 = no TF32, tf32, bfloat16 = mixed)")
     a = p.parse_args(argv)
+    if a.no_steps and a.no_scaling:
+        p.error("--no-steps and --no-scaling together leave nothing to measure")
     host_malloc = cpu_process_setup()
     res = run(quick=a.quick, sizes=a.sizes, methods=() if a.no_steps else tuple(a.methods), reps=a.reps, steps_per_rep=a.steps_per_rep,
               ns=tuple(int(n) for n in a.ns) if a.ns else None, torch_1thread=not a.no_torch_1thread,

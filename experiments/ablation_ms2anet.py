@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import SCORE_COLUMNS, cached_run, command_line, name_list, oa_line, score_cells
+from experiments.common import (SCORE_COLUMNS, cached_run, command_line, name_list, oa_line, reports_errors,
+                                score_cells)
 from rsjax import configs
 from rsjax.cli import positive_int
 from rsjax.data.hsi import REGISTRY, load_scene
@@ -69,6 +70,7 @@ def table_v(bands_by_scene: dict[str, int]) -> list[dict]:
     return rows
 
 
+@reports_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=name_list(REGISTRY), default=["salinas-a"], help="comma-separated registered scenes")

@@ -4,6 +4,7 @@ stops the script), and the command line their tables record."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -14,7 +15,27 @@ from typing import Callable
 from benchmarks.common import cpu_model
 from rsjax.cluster import run
 from rsjax.configs import differences
+from rsjax.configs.ms2anet import training_settings
+from rsjax.data.paths import DataError
 from rsjax.train.checkpoint import write_json_atomic
+
+
+def reports_errors(main: Callable) -> Callable:
+    """An experiment's ``main`` that ends with a one-line message, not a traceback, on what a user
+    can fix: a scene or dataset it cannot load (:class:`DataError`, whose message names the fix) or
+    an output folder it cannot write."""
+    spec = main.__globals__.get("__spec__")             # run as python -m, the module is __main__
+    name = spec.name if spec is not None else main.__module__
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except DataError as e:
+            raise SystemExit(f"{name}: {e}") from None
+        except OSError as e:
+            raise SystemExit(f"{name}: {type(e).__name__}: {e}; pass an --out you can write to.") from None
+    return wrapped
 
 
 def machine() -> str:
@@ -38,16 +59,33 @@ def name_list(allowed) -> Callable[[str], list[str]]:
     return parse
 
 
+# What a result made before a setting existed was computed with: the setting's value then. ``keep``
+# is not here: rows made before it existed kept 'evaluated', and the tables show each row's keep.
+BEFORE_IT_EXISTED = {"spf_odd": "crop", "dtype": "float32"}
+
+
+def _as_made(stored: dict, settings: dict) -> dict:
+    """``stored`` with the settings of :data:`BEFORE_IT_EXISTED` that it lacks (at the level where
+    ``settings`` asks for them) filled in with their values from before they existed."""
+    out = dict(stored)
+    for k, v in settings.items():
+        if k not in out and k in BEFORE_IT_EXISTED:
+            out[k] = BEFORE_IT_EXISTED[k]
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _as_made(out[k], v)
+    return out
+
+
 def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
     """``compute()``, written to ``path`` with the machine and the wall time, or read back from
     ``path`` when it holds a result of the same ``settings`` (keys of the result; nested dicts
-    compared key by key, and keys a stored result lacks, made before they existed, not compared).
-    A result of other settings stops the script, naming them. Returns the result and whether it
-    was computed now."""
+    compared key by key; a setting a stored result lacks, made before it existed, is compared as
+    it was then, :data:`BEFORE_IT_EXISTED`, or not at all). A result of other settings stops the
+    script, naming them. Returns the result and whether it was computed now."""
     path = Path(path)
     if path.exists():
         stored = json.loads(path.read_text())
-        if diffs := differences(stored, settings):
+        if diffs := differences(_as_made(stored, settings), settings):
             raise SystemExit(f"{path} holds a result of other settings ({'; '.join(diffs)}): pass them again, "
                              "use another --out, or delete the file to compute its row again.")
         return stored, False
@@ -60,9 +98,10 @@ def cached(path: Path, settings: dict, compute: Callable[[], dict]) -> tuple[dic
 
 def cached_run(path: Path, scene, cfg, seeds, **extra) -> tuple[dict, bool]:
     """``rsjax.cluster.run`` of ``scene`` with ``cfg`` over ``seeds``, with ``extra`` added, through
-    :func:`cached` (the settings: the seeds and every field of ``cfg``)."""
+    :func:`cached` (the settings: the seeds, and the fields of ``cfg`` that act for its method,
+    :func:`rsjax.configs.ms2anet.training_settings`, with the k-means seed)."""
     seeds = list(seeds)
-    settings = {"seeds": seeds, "config": json.loads(json.dumps(cfg.to_dict()))}
+    settings = {"seeds": seeds, "config": {**training_settings(cfg), "kmeans_seed": int(cfg.kmeans_seed)}}
     return cached(path, settings, lambda: {**run(scene, cfg, seeds, out_dir=None, progress=False), **extra})
 
 

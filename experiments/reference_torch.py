@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import cached, command_line, name_list
+from experiments.common import cached, command_line, name_list, reports_errors
 from experiments.table_clustering import REFERENCE_ITERS, REFERENCE_OA
 from rsjax.cli import positive_int
 from rsjax.data.hsi import REGISTRY, load_scene, minmax_scale
@@ -74,6 +74,7 @@ def run_scene(name: str, seeds: list[int], iters: int, spf_odd: str) -> dict:
             "summary": summarize(runs), "runs": runs}
 
 
+@reports_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=name_list(REGISTRY), default=list(REFERENCE_OA), help="comma-separated registered scenes")

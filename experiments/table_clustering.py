@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from experiments.common import SCORE_COLUMNS, cached_run, command_line, name_list, oa_line, score_cells
+from experiments.common import (SCORE_COLUMNS, cached_run, command_line, name_list, oa_line, reports_errors,
+                                score_cells)
 from rsjax import configs
 from rsjax.cli import positive_int
 from rsjax.data.hsi import REGISTRY, load_scene
@@ -30,6 +31,7 @@ REFERENCE_OA = {"salinas-a": (53.9, 6.1), "indian-pines-subset": (61.1, 1.8), "s
 REFERENCE_ITERS = 800
 
 
+@reports_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=name_list(REGISTRY), default=list(SCENES), help="comma-separated registered scenes")

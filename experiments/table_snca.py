@@ -2,15 +2,16 @@
 CPU: kNN@{1,5,10} accuracy, k-means NMI and ACC, mAP and MAP@R, mean +/- std over seeds, for
 SNCA-CE(MB), SNCA-CE(MU), SNCA(MB), CE only and Triplet.
 
-    python -m experiments.table_snca                                  # defaults below
-    python -m experiments.table_snca --methods snca-ce-mb,ce --seeds 1 --epochs 10
-    python -m experiments.table_snca --seeds 3 --epochs 10 --report-only   # table of the finished runs
+    python -m experiments.table_snca --out results/mine                # defaults below
+    python -m experiments.table_snca --methods snca-ce-mb,ce --seeds 1 --epochs 10 --out results/mine
+    python -m experiments.table_snca --seeds 3 --epochs 10 --out results/snca_lr0.01 --report-only
+                                                   # the table of the committed runs, again
 
-Every run keeps its own directory under results/snca/runs/ (checkpoints every epoch), so an
-interrupted experiment resumes where it stopped; finished runs are reused (a run made with other
-settings stops the script: use another --out for them). The table goes to
-results/snca/table.md, the PR curves of seed 0 to results/snca/pr_curves.png and the learning
-curves to results/snca/learning_curves.png.
+Every run keeps its own directory under <out>/runs/ (checkpoints every epoch), so an interrupted
+experiment resumes where it stopped; finished runs are reused (a run made with other settings
+stops the script: use another --out for them; the default, results/snca, holds the committed runs
+at lr 0.05). The table goes to <out>/table.md, the PR curves of seed 0 to <out>/pr_curves.png
+and the learning curves to <out>/learning_curves.png.
 """
 from __future__ import annotations
 

@@ -110,3 +110,19 @@ def test_conv_probe_tiny():
     for r in rows:
         assert all(math.isfinite(r[k]) and r[k] > 0
                    for k in ("rsjax_cnhw_s", "xla_nhwc_s", "polyphase_cnhw_s", "torch_s", "flops"))
+
+
+@pytest.mark.parametrize("module,argv,says", [
+    ("ms2anet_step", ["--shapes", "trento,foo"], "must be comma-separated names among trento, salinas-a"),
+    ("ms2anet_step", ["--reps", "0"], "--reps: must be a positive integer"),
+    ("snca_step", ["--no-steps", "--no-scaling"], "leave nothing to measure"),
+    ("snca_step", ["--ns", "0"], "--ns: must be a positive number"),
+    ("resnet_probe", ["--reps", "0"], "--reps: must be a positive integer"),
+    ("conv_probe", ["--shape", "0", "4"], "--shape: must be a positive integer"),
+])
+def test_benchmark_arguments_that_measure_nothing_are_refused(module, argv, says, capsys):
+    """Before: --reps 0 fell back to the default, --shapes foo was a traceback, empty runs printed NaN tables."""
+    import importlib
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"benchmarks.{module}").main(argv)
+    assert says in capsys.readouterr().err

@@ -162,4 +162,38 @@ def test_cached_rows_are_reused_only_for_their_settings(tmp_path):
     assert not new and again == first and len(calls) == 1
     with pytest.raises(SystemExit, match=r"other settings \(seeds: \[0, 1\] -> \[0, 1, 2\]; config.lam: 0.1 -> 0.0\)"):
         cached(row, {"seeds": [0, 1, 2], "config": {"iters": 800, "lam": 0.0}}, compute)
+    # a row made before spf_odd existed was made with 'crop': it serves crop, and is no resize row
+    assert not cached(row, {"seeds": [0, 1], "config": {"iters": 800, "spf_odd": "crop"}}, compute)[1]
+    with pytest.raises(SystemExit, match=r"other settings \(config.spf_odd: 'crop' -> 'resize'\)"):
+        cached(row, {"seeds": [0, 1], "config": {"iters": 800, "spf_odd": "resize"}}, compute)
     assert len(calls) == 1
+
+
+def test_a_cached_row_is_compared_on_the_settings_that_act_for_its_method(tmp_path):
+    """k-means on the spectra trains nothing: other iterations, keep or spf_odd do not make its row another."""
+    from experiments.common import cached_run
+    from rsjax import configs
+    from rsjax.data.hsi import Scene
+    rng = np.random.default_rng(0)
+    gt = np.repeat(np.arange(1, 4), 10).reshape(5, 6)
+    scene = Scene("tiny", (rng.normal(size=(5, 6, 4)) + gt[..., None]).astype(np.float32), gt, ["a", "b", "c"])
+    cfg = configs.get("ms2anet")
+    cfg.method, cfg.iters = "kmeans", 10
+    first, new = cached_run(tmp_path / "k.json", scene, cfg, [0])
+    cfg.iters, cfg.keep, cfg.spf_odd = 12, "evaluated", "resize"
+    again, new_again = cached_run(tmp_path / "k.json", scene, cfg, [0])
+    assert new and not new_again and again["runs"][0]["OA"] == first["runs"][0]["OA"]
+    cfg.kmeans_seed = 1
+    with pytest.raises(SystemExit, match=r"config.kmeans_seed: 0 -> 1"):
+        cached_run(tmp_path / "k.json", scene, cfg, [0])
+
+
+def test_a_scene_it_cannot_load_or_an_out_it_cannot_write_ends_in_one_line(tmp_path, monkeypatch):
+    from experiments import table_clustering
+    monkeypatch.setenv("RSJAX_DATA", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"^experiments.table_clustering: .*trento.*Trento.mat does not exist; put the "
+                                         "file there or set RSJAX_DATA"):
+        table_clustering.main(["--scenes", "trento", "--methods", "kmeans", "--seeds", "1", "--out", str(tmp_path / "o")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=r"experiments.table_clustering: FileExistsError: .*pass an --out you can write"):
+        table_clustering.main(["--methods", "kmeans", "--seeds", "1", "--out", str(tmp_path / "file")])
