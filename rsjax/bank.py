@@ -51,7 +51,8 @@ def momentum_write(bank: jax.Array, idx: jax.Array, f: jax.Array, m: jax.Array |
 
     ``f`` (``B x D``) is the batch's normalised embedding; its gradient is stopped. ``m`` may be
     a traced scalar (it changes with the epoch, see :func:`bank_momentum`). ``idx`` must not
-    repeat within a batch (batches are drawn without replacement).
+    repeat within a batch (batches are drawn without replacement) and must be rows of the bank,
+    0 .. N-1: under jit nothing checks them, and JAX drops writes past the last row.
     """
     f = jax.lax.stop_gradient(f).astype(bank.dtype)
     m = jnp.asarray(m, bank.dtype)
@@ -60,7 +61,8 @@ def momentum_write(bank: jax.Array, idx: jax.Array, f: jax.Array, m: jax.Array |
 
 
 def overwrite(bank: jax.Array, idx: jax.Array, f_hat: jax.Array) -> jax.Array:
-    """MU update (Eq. 16): ``bank[idx] = f_hat``, the momentum encoder's normalised features."""
+    """MU update (Eq. 16): ``bank[idx] = f_hat``, the momentum encoder's normalised features.
+    ``idx`` as in :func:`momentum_write`."""
     f_hat = jax.lax.stop_gradient(f_hat).astype(bank.dtype)
     return bank.at[idx].set(f_hat, unique_indices=True)
 

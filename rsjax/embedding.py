@@ -1,7 +1,7 @@
 """Scene-embedding runs end to end: dataset -> stratified split -> training (SNCA-CE and
 baselines) -> the three evaluations (kNN, k-means, retrieval) -> table, JSON and figures.
 
-A run lives in one directory (its *workdir*): ``config.json``, ``history.json``,
+A run lives in one directory (its *workdir*): ``config.json``, ``training_set.json``, ``history.json``,
 ``checkpoints/epoch_XXXX`` (orbax), ``results.json``, ``embeddings.npz`` and the figures. ``rsjax embed`` and the
 experiments call the functions here, so both report the same numbers.
 """

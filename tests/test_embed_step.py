@@ -205,6 +205,8 @@ def test_init_bank_in_state(variables, data):
     normalised = embed.create_state(tiny_cfg("snca-mb", bank_init_normalise=True), variables, optax.sgd(0.1), data[1])
     np.testing.assert_allclose(np.linalg.norm(np.asarray(normalised.bank), axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(normalised.bank), np.asarray(bank_lib.l2_normalize(state.bank)), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"the model's embedding has 8 dimensions but cfg.dim is 16.*cfg.dim = 8"):
+        embed.create_state(tiny_cfg("snca-mb", dim=16), variables, optax.sgd(0.1), data[1])
 
 
 def test_embed_eval_mode_pads_last_batch(variables, data):
@@ -213,6 +215,10 @@ def test_embed_eval_mode_pads_last_batch(variables, data):
     e = embed.embed(model, variables, data[0][:11], batch_size=4)
     full = jax.jit(lambda v, x: model.apply(v, x, train=False)["embedding"])(variables, jnp.asarray(data[0][:11]))
     np.testing.assert_allclose(e, np.asarray(full), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\), got shape \(16, 16, 3\); for one image pass images\[None\]"):
+        embed.embed(model, variables, data[0][0])
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\), got shape \(11, 16, 16\)\.$"):
+        embed.embed(model, variables, data[0][:11, ..., 0])
 
 
 @pytest.mark.parametrize("method", ["snca-ce-mb", "snca-ce-mu", "ce"])

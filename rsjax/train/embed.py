@@ -140,6 +140,11 @@ def create_state(cfg, variables: Mapping, tx: optax.GradientTransformation, bank
     :func:`rsjax.bank.init_bank`) and, for MU, a momentum encoder that starts as a copy."""
     spec = method_spec(cfg.method)
     seed = int(cfg.seed) if seed is None else seed
+    fc1 = variables["params"].get("fc1")
+    dim = np.shape(fc1["kernel"])[-1] if fc1 is not None else int(cfg.dim)
+    if dim != int(cfg.dim):
+        raise DataError(f"the model's embedding has {dim} dimensions but cfg.dim is {cfg.dim}: the bank's rows must "
+                        f"be as long; build the model with build_model(cfg, ...) or set cfg.dim = {dim}.")
     params = jax.tree.map(jnp.array, variables["params"])          # own buffers: the step donates them
     batch_stats = jax.tree.map(jnp.array, variables.get("batch_stats", {}))
     bank_labels = jnp.asarray(np.asarray(bank_labels), jnp.int32)
@@ -203,7 +208,10 @@ def make_step(cfg, model: ResNet, tx: optax.GradientTransformation) -> Callable:
     ``step(state, images, labels, idx, epoch) -> (state, metrics)``.
 
     ``images``: ``B x H x W x 3`` float32, already augmented; ``labels``: ``B`` int;
-    ``idx``: ``B`` bank rows (training-set indices, no repeats); ``epoch``: int32 scalar (0-based),
+    ``idx``: ``B`` bank rows, no repeats: the images' rows in the training set whose labels made the
+    bank (:func:`create_state`), 0 .. N-1, not their indices in a larger dataset (the jitted step
+    cannot check them: JAX drops writes to rows past the bank, and a row that is not the
+    sample's own is not excluded from its SNCA neighbours); ``epoch``: int32 scalar (0-based),
     used by the MB momentum schedule. ``metrics`` holds scalars: ``loss``, the loss terms
     (``ce`` and the batch ``accuracy`` of FC2, ``snca``, ``contrastive``, ``triplet``),
     ``grad_norm`` and ``m`` (the bank or EMA momentum in use; 0 for the baselines).
@@ -299,6 +307,9 @@ def embed(model: ResNet, state_or_variables, images: np.ndarray, *, batch_size: 
     else:
         variables = state_or_variables
     images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"embed takes a batch of RGB images, (N, H, W, 3), got shape {images.shape}"
+                        + ("; for one image pass images[None]." if images.ndim == 3 and images.shape[-1] == 3 else "."))
     if preprocess is None:
         preprocess = _default_preprocess
     apply = _eval_apply(model)
