@@ -108,7 +108,8 @@ def cmd_cluster(args) -> int:
     else:
         print(format_table(summary))
         print(f"wrote {out}/: metrics.json, run.json, labels_seed*.npy" + (", labels_seed*.tif" if scene.georef else "")
-              + ", class_map.png" + (", features_seed*.npy, checkpoint_seed*/ (+ .json), losses_seed*.npy" if cfg.method != "kmeans" else ""))
+              + ", class_map.png"
+              + (", features_seed*.npy, checkpoint_seed*/ (+ .json), losses_seed*.npy" if cfg.method != "kmeans" else ""))
     return 0
 
 

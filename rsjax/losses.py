@@ -182,7 +182,8 @@ def _snca_blocked_bwd(block_size, res, ct):
             - jnp.where(neg, jnp.exp(jnp.where(neg, s, 0.0) - ln), 0.0)
         return g + (w * one_minus_p[:, None]) @ rows, ws + jnp.sum(w * jnp.where(pos | neg, s, 0.0), axis=-1)
 
-    g, ws = _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block)(body, (jnp.zeros_like(f), jnp.zeros_like(lp[:, 0])))
+    zeros = (jnp.zeros_like(f), jnp.zeros_like(lp[:, 0]))
+    g, ws = _snca_blocks(f, labels, idx, bank, bank_labels, sigma, block)(body, zeros)
     scale = -ct / f.shape[0]                       # d loss = scale * sum_i d log p_i
     df = scale * g / sigma
     # log p_i depends on sigma through s = f b / sigma (d s / d sigma = -s / sigma) and through the

@@ -579,11 +579,13 @@ def _check_same_training_set(workdir: Path, state: EmbedState, labels: np.ndarra
     if data_file.exists():
         stored = json.loads(data_file.read_text())
         same = stored == fingerprint
-        was, now = f"{stored['images']} images, sha1 {stored['sha1'][:12]}", f"{len(labels)}, sha1 {fingerprint['sha1'][:12]}"
+        was = f"{stored['images']} images, sha1 {stored['sha1'][:12]}"
+        now = f"{len(labels)}, sha1 {fingerprint['sha1'][:12]}"
     else:
         stored_labels = np.asarray(jax.device_get(state.bank_labels))
         same = np.array_equal(stored_labels, labels)
-        was, now = f"{len(stored_labels)} images", f"{len(labels)}" + (", other labels" if len(stored_labels) == len(labels) else "")
+        was = f"{len(stored_labels)} images"
+        now = f"{len(labels)}" + (", other labels" if len(stored_labels) == len(labels) else "")
     if not same:
         raise DataError(f"{workdir} holds a run trained on other images ({was}; now {now}): resuming it would train "
                         "against a memory bank of those images. Pass the run's training data, or train into another "
