@@ -73,9 +73,11 @@ def test_inside_jit_with_traced_step(images):
     np.testing.assert_allclose(step_fn(images, 5), A.augment(images, A.augment_key(0, 5), 8), atol=1e-6)
 
 
-def test_bad_jitter(images):
-    with pytest.raises(ValueError):
-        A.augment(images, A.augment_key(0, 0), 8, jitter=(0.4, 0.4, 0.4, 0.7))
+@pytest.mark.parametrize("jitter", [(0.4, 0.4, 0.4, 0.7), (0.4, -0.1, 0.4, 0.1), (0.4, 0.4, 0.4), -0.2])
+def test_bad_jitter(images, jitter):
+    with pytest.raises(ValueError, match=r"jitter must be one strength or \(brightness, contrast, saturation, hue\), "
+                                         r"all >= 0 and hue <= 0.5; got"):
+        A.augment(images, A.augment_key(0, 0), 8, jitter=jitter)
 
 
 # ----------------------------------------------------------------------------- colour operations
@@ -113,23 +115,29 @@ def test_hue_round_trip(h, seed):
     np.testing.assert_allclose(back, img, atol=1e-5)
 
 
-def test_color_jitter_order_matches_explicit_composition():
+@pytest.mark.parametrize("strengths", [(0.4, 0.4, 0.4, 0.4), (0.4, 0.0, 0.4, 0.4), (0.0, 0.3, 0.0, 0.2),
+                                       (0.4, 0.4, 0.4, 0.0), (0.0, 0.0, 0.0, 0.3)])
+def test_color_jitter_order_matches_explicit_composition(strengths):
+    """The active operations (strength > 0) in a uniform random order, drawn as the blends' order
+    (argsort of u[5:]) and the hue rotation's position among them (floor(u[4] (blends + 1))), or in
+    torchvision's fixed order; inactive ones skipped."""
     img = jnp.asarray(np.random.default_rng(3).random((4, 4, 3)), jnp.float32)
-    strengths = (0.4, 0.4, 0.4, 0.4)
     ops = (A.adjust_brightness, A.adjust_contrast, A.adjust_saturation, A.adjust_hue)
+    kinds = [i for i in range(3) if strengths[i] > 0]
     for trial in range(6):
         u = np.random.default_rng(trial).random(8).astype(np.float32)
-        factors = [0.6 + 0.8 * u[i] for i in range(3)] + [-0.4 + 0.8 * u[3]]
-        blends = list(np.argsort(u[5:8]))
-        pos = int(np.floor(u[4] * 4))
-        order = blends[:pos] + [3] + blends[pos:]
+        factors = [max(0.0, 1 - s) + (1 + s - max(0.0, 1 - s)) * u[i] for i, s in enumerate(strengths[:3])]
+        factors.append(-strengths[3] + 2 * strengths[3] * u[3])
+        blends = [kinds[j] for j in np.argsort(u[5:5 + len(kinds)])]
+        pos = int(np.floor(u[4] * (len(kinds) + 1)))
+        order = blends[:pos] + [3] + blends[pos:] if strengths[3] > 0 else blends
         expected = img
         for i in order:
             expected = ops[i](expected, factors[i])
         got = A._color_jitter(img, jnp.asarray(u), strengths, random_order=True)
         np.testing.assert_allclose(got, expected, atol=1e-5)
         fixed = img
-        for i in range(4):
+        for i in kinds + ([3] if strengths[3] > 0 else []):
             fixed = ops[i](fixed, factors[i])
         np.testing.assert_allclose(A._color_jitter(img, jnp.asarray(u), strengths, random_order=False),
                                    fixed, atol=1e-5)

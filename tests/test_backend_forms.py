@@ -189,5 +189,5 @@ def test_configs_carry_the_dtype_to_the_models():
         cfg.dtype = "bfloat16"
         assert build(cfg).dtype == jnp.bfloat16
         cfg.dtype = "half"
-        with pytest.raises(ValueError, match="half"):
+        with pytest.raises(ValueError, match="dtype 'half' is not supported: use one of float32, bfloat16"):
             build(cfg)

@@ -162,3 +162,17 @@ def test_python_m_rsjax_is_the_command_line_and_reports_the_version():
     done = subprocess.run([sys.executable, "-m", "rsjax", "cluster", "--no-such-flag"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "unrecognized arguments: --no-such-flag" in done.stderr
+
+
+def test_json_summary_a_trailing_comma_seed_and_the_a1_ablation(tmp_path, capsys):
+    """--json prints the summary as JSON; --seeds "3," is seed 3 alone; --ablation A1 clusters SAF (3 channels)."""
+    cube, gt = _write_scene(tmp_path)
+    assert main(["cluster", "--cube", str(cube), "--gt", str(gt), "--method", "kmeans", "--seeds", "3,", "--json",
+                 "--out", str(tmp_path / "k"), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) >= {"OA", "AA", "Kappa", "NMI", "ARI"} and summary["OA"]["std"] == 0.0
+    assert json.loads((tmp_path / "k" / "metrics.json").read_text())["seeds"] == [3]
+    assert main(["cluster", "--cube", str(cube), "--gt", str(gt), "--ablation", "A1", "--iters", "2",
+                 "--out", str(tmp_path / "a1"), "--quiet"]) == 0
+    assert np.load(tmp_path / "a1" / "features_seed0.npy").shape == (9, 8, 3)
+    assert json.loads((tmp_path / "a1" / "run.json").read_text())["settings"]["ablation"] == "A1"

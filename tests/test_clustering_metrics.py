@@ -101,7 +101,7 @@ def test_kmeans_and_summary():
     x = np.concatenate([np.zeros((10, 2)), np.ones((10, 2)) * 5])
     lab = kmeans(x, 2)
     assert clustering_scores(np.repeat([1, 2], 10), lab)["OA"] == 100.0
-    with pytest.raises(ValueError, match="clusters"):
+    with pytest.raises(ValueError, match=r"21 clusters requested for 20 samples; ask for at most 20"):
         kmeans(x, 21)
     s = summarize([{"OA": 1.0}, {"OA": 3.0}], keys=("OA",))
     assert s == {"OA": {"mean": 2.0, "std": 1.0}}
@@ -109,3 +109,14 @@ def test_kmeans_and_summary():
     noisy = summarize([{"NMI": nmi}, {"NMI": 0.3}], keys=("NMI",))["NMI"]
     assert np.std([nmi, 0.3]) > 0 and noisy["std"] == 0.0
     assert summarize([{"NMI": 0.3}, {"NMI": 0.3 + 1e-9}], keys=("NMI",))["NMI"]["std"] > 0
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_kmeans_is_the_authors_kmeans(seed):
+    """scikit-learn's KMeans with random_state = seed and n_init = 10 (the former default the authors ran),
+    on data without clean clusters, where other settings give other partitions."""
+    from sklearn.cluster import KMeans
+    x = np.random.default_rng(seed).normal(size=(300, 5))
+    np.testing.assert_array_equal(kmeans(x, 6, seed=seed), KMeans(6, random_state=seed, n_init=10).fit_predict(x))
+    for other in (dict(random_state=seed, n_init=1), dict(random_state=seed + 1, n_init=10)):
+        assert not np.array_equal(kmeans(x, 6, seed=seed), KMeans(6, **other).fit_predict(x))

@@ -196,6 +196,35 @@ def test_configs_and_method_specs():
         embed.method_spec("snca")
 
 
+@pytest.mark.parametrize("method,over", [
+    ("snca-ce-mb", dict(lam=0.3, sigma=0.2, margin=0.05)),
+    ("snca-mu", dict(lam=0.3, sigma=0.07)),
+    ("dcnn", dict(lam=0.3, dcnn_tau1=0.5, dcnn_tau2=0.1)),
+    ("dcnn", dict(lam=0.3, dcnn_metric="contrastive", contrastive_margin=0.7)),
+    ("triplet", dict(lam=0.3, triplet_margin=0.3, triplet_mining="hard")),
+    ("ce", dict(lam=0.3)),
+])
+def test_loss_fn_combines_the_method_s_terms_with_its_settings(method, over, variables, data):
+    """The training loss is CE + lambda * metric (or the metric alone, or CE alone), each term the loss
+    function of :mod:`rsjax.losses` called with the config's settings, not their defaults."""
+    cfg, model, _, state = setup(method, variables, data, **over)
+    x, y, idx = jnp.asarray(data[0][:B]), jnp.asarray(data[1][:B]), jnp.arange(B, dtype=jnp.int32)
+    loss, (terms, f, _) = embed.make_loss_fn(cfg, model)(state.params, state, x, y, idx)
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
+                      mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(f, out["embedding"], rtol=1e-6, atol=1e-6)
+    metric = {
+        "snca-ce-mb": lambda: losses.snca_loss(f, y, idx, state.bank, state.bank_labels, 0.2, 0.05),
+        "snca-mu": lambda: losses.snca_loss(f, y, idx, state.bank, state.bank_labels, 0.07, 0.0),
+        "triplet": lambda: losses.triplet_loss(f, y, 0.3, "hard"),
+        "ce": lambda: 0.0,
+    }.get(method, lambda: (losses.dcnn_loss(f, y, 0.5, 0.1) if cfg.dcnn_metric == "hinge"
+                           else losses.contrastive_loss(f, y, 0.7)))()
+    ce = losses.cross_entropy(out["logits"], y) if model.num_classes else None
+    want = metric if ce is None else ce + 0.3 * metric
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+
+
 def test_init_bank_in_state(variables, data):
     _, _, _, state = setup("snca-mb", variables, data)
     s = 1 / np.sqrt(8 / 3)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rsjax import configs
-from rsjax.models.ms2anet import MS2ANet, _weigh_bands, ms2anet_loss
+from rsjax.models.ms2anet import MS2ANet, _weigh_bands, ms2anet_loss, prepare_scene
 from rsjax.train.hsi import apply_model, build_model, init_state, train_chunk, train_step
 
 
@@ -37,8 +37,10 @@ def test_configurable_widths():
 
 # ---------------------------------------------------------------- PyTorch reference of the paper's math
 
-def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4), spf_odd="crop"):
-    """MS2A-Net forward and loss written in PyTorch after the authors' code, NCHW, weights from rsjax."""
+def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4), spf_odd="crop", ablation="A3"):
+    """MS2A-Net forward and loss written in PyTorch after the authors' code, NCHW, weights from rsjax:
+    (R, M', loss, the clustering code). The paper's ablations: A1 decodes SAF alone and clusters
+    SAF, A2 decodes SPF alone, A3 both."""
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     t = lambda a: torch.from_numpy(np.array(a, np.float32))
@@ -56,34 +58,47 @@ def torch_reference(x_nhwc, params, lam, d1_rates=(1, 2, 4), spf_odd="crop"):
     _, d, h, w = x.shape
     sp = params["spatial"]
     m = torch.cat([F.relu(bn(conv(x, sp[f"conv_l{r}"], dilation=r), sp[f"bn_l{r}"])) for r in d1_rates], 1)
-    y = conv(m, params["spf"]["conv"], stride=2, padding=0)
-    if spf_odd == "resize":                                    # nn.Upsample(size=(H, W))
-        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
-    else:
-        y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
-    spf = F.relu(bn(y, params["spf"]["bn"]))
-    f = F.relu(bn(conv(x, params["spectral"]["conv"]), params["spectral"]["bn"])).reshape(3, h * w)
-    f = torch.softmax(f, dim=0)
-    x_flat = x.reshape(d, h * w)
-    sa = torch.softmax(x_flat, dim=0) @ f.T                   # D x 3
-    saf = (sa.T @ x_flat).reshape(1, 3, h, w)
-    recon = F.relu(bn(conv(torch.cat([saf, spf], 1), params["dec_conv"]), params["dec_bn"]))
+    parts = []
+    if ablation in ("A1", "A3"):
+        f = F.relu(bn(conv(x, params["spectral"]["conv"]), params["spectral"]["bn"])).reshape(3, h * w)
+        f = torch.softmax(f, dim=0)
+        x_flat = x.reshape(d, h * w)
+        sa = torch.softmax(x_flat, dim=0) @ f.T                   # D x 3
+        parts.append((sa.T @ x_flat).reshape(1, 3, h, w))         # SAF
+    if ablation in ("A2", "A3"):
+        y = conv(m, params["spf"]["conv"], stride=2, padding=0)
+        if spf_odd == "resize":                                    # nn.Upsample(size=(H, W))
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)[:, :, :h, :w]
+        parts.append(F.relu(bn(y, params["spf"]["bn"])))         # SPF
+    recon = F.relu(bn(conv(torch.cat(parts, 1), params["dec_conv"]), params["dec_bn"]))
     loss = F.mse_loss(recon, x) + lam * F.mse_loss(m.mean(1), x.mean(1))
-    return recon.permute(0, 2, 3, 1).numpy(), m.permute(0, 2, 3, 1).numpy(), float(loss)
+    code = parts[0] if ablation == "A1" else m
+    nhwc = lambda a: a.permute(0, 2, 3, 1).numpy()
+    return nhwc(recon), nhwc(m), float(loss), nhwc(code)
 
 
-@pytest.mark.parametrize("h,w,d,spf_odd", [(8, 8, 6, "crop"), (9, 7, 5, "crop"), (11, 12, 13, "crop"),
-                                          (9, 7, 5, "resize"), (11, 12, 4, "resize")])
-def test_forward_and_loss_equal_pytorch_reference(h, w, d, spf_odd):
+@pytest.mark.parametrize("h,w,d,spf_odd,ablation", [(8, 8, 6, "crop", "A3"), (9, 7, 5, "crop", "A3"),
+                                                   (11, 12, 13, "crop", "A3"), (9, 7, 5, "resize", "A3"),
+                                                   (11, 12, 4, "resize", "A3"), (9, 7, 5, "crop", "A1"),
+                                                   (9, 7, 5, "crop", "A2")])
+def test_forward_and_loss_equal_pytorch_reference(h, w, d, spf_odd, ablation):
+    """R, M', the clustering code and the loss equal the reference, the loss both on the NHWC scene and on
+    the prepared scene that training uses (its channels-first branch)."""
     x = jax.random.uniform(jax.random.key(h * w), (1, h, w, d))
-    model = MS2ANet(d, spf_odd=spf_odd)
+    model = MS2ANet(d, spf_odd=spf_odd, ablation=ablation)
     variables = model.init(jax.random.key(2), x)
     out, _ = apply_model(model, variables["params"], variables["batch_stats"], x)
-    loss = ms2anet_loss(x, out, 0.1)
-    recon, m, ref_loss = torch_reference(x, jax.device_get(variables["params"]), 0.1, spf_odd=spf_odd)
+    recon, m, ref_loss, code = torch_reference(x, jax.device_get(variables["params"]), 0.1, spf_odd=spf_odd,
+                                               ablation=ablation)
     np.testing.assert_allclose(out["recon"], recon, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out["m_prime"], m, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["code"], code, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(ms2anet_loss(x, out, 0.1)), ref_loss, rtol=1e-4, atol=1e-6)
+    scene = prepare_scene(x)
+    out_p, _ = apply_model(model, variables["params"], variables["batch_stats"], scene)
+    np.testing.assert_allclose(float(ms2anet_loss(scene, out_p, 0.1)), ref_loss, rtol=1e-4, atol=1e-6)
 
 
 @settings(max_examples=10)

@@ -239,9 +239,10 @@ def test_split_small_balanced():
         assert np.all(np.bincount(y[part], minlength=21) >= 1)
 
 
-def test_split_bad_fractions():
-    with pytest.raises(ValueError):
-        stratified_split(np.zeros(10), 0, fractions=(0.5, 0.1, 0.1))
+@pytest.mark.parametrize("fractions", [(0.5, 0.1, 0.1), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
+def test_split_bad_fractions(fractions):
+    with pytest.raises(ValueError, match=r"fractions must be \(train > 0, val >= 0, test >= 0\) summing to 1, got"):
+        stratified_split(np.zeros(10), 0, fractions=fractions)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -265,8 +266,10 @@ def test_eval_batches():
     np.testing.assert_array_equal(idx, np.arange(7))
     assert out[-1][1].tolist() == [True, False, False]
     assert out[-1][0].tolist() == [6, 0, 0]
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="nothing to evaluate: the set is empty"):
         next(eval_batches(0, 3))
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        next(eval_batches(7, 0))
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
