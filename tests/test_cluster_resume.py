@@ -240,3 +240,33 @@ def test_fit_names_a_cube_of_the_wrong_rank_or_with_nan(scene):
     x[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"holds NaN or Inf values; check the scene with rsjax.data.hsi.validate"):
         hsi.fit(cfg, x, seed=0, progress=False)
+
+
+def test_sigterm_saves_the_state_and_exits_130(tmp_path):
+    """A real SIGTERM (as kill and timeout send) to a training `rsjax cluster`: the chunk in flight ends,
+    the state is checkpointed, and the process says how to resume and exits with 130."""
+    import os
+    import re
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+    cube, gt = _write_scene(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "rsjax", "cluster", "--cube", str(cube), "--gt", str(gt),
+                             "--iters", "1000000", "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    err, deadline = b"", time.time() + 240
+    try:
+        while not re.search(rb"\| *[1-9][0-9]*/1000000", err):     # the progress bar: a chunk is done
+            assert time.time() < deadline and proc.poll() is None, err.decode(errors="replace")[-2000:]
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                err += os.read(proc.stderr.fileno(), 65536)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert b"rsjax: interrupted; the same command again resumes from the last checkpoint." in rest
+    saved = json.loads((tmp_path / "o" / "checkpoint_seed0.json").read_text())
+    assert saved["step"] > 0 and int(ckpt_lib.restore(tmp_path / "o" / "checkpoint_seed0")["step"]) == saved["step"]
