@@ -132,6 +132,7 @@ def load_pretrained(variables: Mapping[str, Any], weights: str | Path | Mapping[
     except KeyError as e:
         raise DataError(f"{where}{e.args[0]}; pass the state_dict of a torchvision ResNet18.") from e
     result = jax.tree.map(np.asarray, {k: v for k, v in variables.items()})
+    fc2_skipped = None          # (classes in the weights, in the model), said once for kernel and bias
     for collection, tree in converted.items():
         flat = _flatten(tree)
         target = result.get(collection, {})
@@ -146,12 +147,14 @@ def load_pretrained(variables: Mapping[str, Any], weights: str | Path | Mapping[
                 raise DataError(f"{where}{collection}/{'/'.join(path)}: the model has no such entry")
             if np.shape(node[path[-1]]) != arr.shape:
                 if path[0] == "fc2":    # the classifier of another label set: this one's starts afresh
-                    print(f"{where}FC2 classifies {arr.shape[-1]} classes, this model "
-                          f"{np.shape(node[path[-1]])[-1]}: FC2 keeps its initial values.", file=sys.stderr)
+                    fc2_skipped = (arr.shape[-1], np.shape(node[path[-1]])[-1])
                     continue
                 raise DataError(f"{where}{collection}/{'/'.join(path)}: shape {arr.shape} in the weights, "
                                 f"{np.shape(node[path[-1]])} in the model (another dim?)")
             node[path[-1]] = arr
+    if fc2_skipped:
+        print(f"{where}FC2 classifies {fc2_skipped[0]} classes, this model {fc2_skipped[1]}: FC2 keeps its initial "
+              "values.", file=sys.stderr)
     return result
 
 
