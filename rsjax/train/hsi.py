@@ -10,10 +10,13 @@ chunk by chunk, checkpointing the state when asked to, and resumes an interrupte
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
 from functools import lru_cache, partial
 from pathlib import Path
@@ -181,19 +184,22 @@ def fit(cfg, cube01: np.ndarray, seed: int, progress: bool = True, checkpoint: s
     chunk_losses = None
     try:
         for k, n in enumerate(sizes):
-            state, chunk_losses = _train_chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
-            chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk
+            with _signals_held():     # the donated state is replaced whole: an interrupt finds the new one
+                state, chunk_losses = _train_chunk(state, x, n=n, model=model, tx=tx, lam=lam, keep=keep)
+            chunk_losses = np.asarray(chunk_losses)   # the one host sync per chunk (interrupted here: saved)
             if not np.all(np.isfinite(chunk_losses)):
                 at = len(losses) + int(np.argmin(np.isfinite(chunk_losses)))
                 raise FloatingPointError(f"non-finite loss at iteration {at}; lower the learning rate (cfg.lr, "
                                          "--lr) or check the input scaling.")
-            losses.extend(chunk_losses.tolist())
-            chunk_losses = None
-            bar.update(n)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if checkpoint is not None and (k == len(sizes) - 1 or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S):
-                _save_progress(checkpoint, fingerprint, state, losses, prior_time + time.perf_counter() - t_start)
-                last_save = time.perf_counter()
+            with _signals_held():     # the losses and the state stay in step
+                losses.extend(chunk_losses.tolist())
+                chunk_losses = None
+                bar.update(n)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if checkpoint is not None and (k == len(sizes) - 1
+                                               or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S):
+                    _save_progress(checkpoint, fingerprint, state, losses, prior_time + time.perf_counter() - t_start)
+                    last_save = time.perf_counter()
     except KeyboardInterrupt:
         if checkpoint is not None:
             _save_interrupted(checkpoint, fingerprint, state, chunk_losses, losses,
@@ -229,11 +235,34 @@ def _save_progress(checkpoint: Path, fingerprint: dict, state: HSIState, losses:
     save(checkpoint, state)
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C (SIGINT) and SIGTERM held while the block runs, then delivered to their handlers: the
+    block (a chunk's dispatch, which donates the state, or the bookkeeping after it) is never cut
+    halfway, so an interrupt finds the state and the losses in step and :func:`_save_interrupted`
+    saves them. A no-op outside the main thread, where Python does not deliver signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = {s: h for s, h in held.items() if h is not None}      # None: a handler not set from Python
+    for s in held:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in held.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
+
+
 def _save_interrupted(checkpoint: Path, fingerprint: dict, state: HSIState, chunk_losses, losses: list,
                       elapsed: float, iters: int) -> None:
     """On Ctrl-C: let the chunk in flight end (its losses, when finite, count), then save the state
-    if it matches the losses recorded. Any failure (an interrupt during dispatch, when ``state``
-    is the donated one) saves nothing: the last regular checkpoint stands."""
+    if it matches the losses recorded (:func:`_signals_held` keeps interrupts out of the dispatch,
+    where ``state`` is the donated one). Any failure saves nothing: the last regular checkpoint stands."""
     try:
         if chunk_losses is not None:
             chunk = np.asarray(chunk_losses)
